@@ -1,0 +1,282 @@
+"""The ``adactr`` command line: prepare, train, evaluate, predict, models, demo.
+
+Every user error ends as one line ``error: ...`` on stderr and a non-zero exit status; ``main`` returns
+the status (it never calls ``sys.exit`` itself, so tests call ``main([...])`` in-process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from adactr.errors import AdactrError
+
+PREPARE_EXAMPLES = """\
+examples:
+  # generic CSV (gz or not): every column not named otherwise is categorical
+  adactr prepare --format csv --train data/frappe_x1/train.csv.gz --valid data/frappe_x1/valid.csv.gz \\
+      --test data/frappe_x1/test.csv.gz --label label --out prepared/frappe
+  # multi-domain CSV with a raw column to ignore, GAUC by user
+  adactr prepare --format csv --train ml/train.csv.gz --valid ml/valid.csv.gz --test ml/test.csv.gz \\
+      --ignore rating --domain domain --group user_id --out prepared/ml1m
+  # Criteo (tab-separated, no header; I1-I13 -> floor(ln(x)^2) buckets, categories seen < 10 times -> OOV)
+  adactr prepare --format criteo --train criteo/train.txt --split 0.8,0.1,0.1 --out prepared/criteo
+  # Avazu (hour YYMMDDHH -> hour of day + weekday), time-ordered split on the hour
+  adactr prepare --format avazu --train avazu/train.csv --time-column hour --out prepared/avazu
+  # libFM / libSVM ("label idx:val ..."), optional iPinYou-style field map
+  adactr prepare --format libfm --train ipinyou/train.txt --test ipinyou/test.txt \\
+      --field-map ipinyou/featindex.txt --out prepared/ipinyou
+  # MovieLens .dat directory (ratings.dat, users.dat, movies.dat): label = rating >= 4
+  adactr prepare --format movielens --train ml-1m/ --out prepared/ml1m-dat
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  adactr train --data prepared/frappe --model deepfm --out runs/deepfm
+  adactr train --data prepared/frappe --model dcnv2 --out runs/dcnv2 \\
+      --set model.cross_structure=stacked --set train.embedding_l2=0.01 --seed 3
+  adactr train --data prepared/frappe --model deepfm --out runs/deepfm --resume   # after a kill
+config keys: `adactr train --show-config` prints every key with its default.
+"""
+
+
+def _csv_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adactr", description="CTR prediction with instance-adaptive parameters.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pp = sub.add_parser("prepare", help="raw files -> a prepared dataset directory",
+                        epilog=PREPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pp.add_argument("--format", default="csv", choices=["csv", "criteo", "avazu", "libfm", "movielens"])
+    pp.add_argument("--train", required=True, type=Path, help="train file (or MovieLens directory)")
+    pp.add_argument("--valid", type=Path, help="validation file (else split from train)")
+    pp.add_argument("--test", type=Path, help="test file (else split from train)")
+    pp.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    pp.add_argument("--label", help="label column (default: label)")
+    pp.add_argument("--numerical", help="comma-separated numerical columns")
+    pp.add_argument("--sequence", help="comma-separated multi-valued columns (values split on --sep)")
+    pp.add_argument("--sep", help="separator inside multi-valued columns (default |)")
+    pp.add_argument("--domain", help="domain / scenario column (multi-domain models, per-domain metrics)")
+    pp.add_argument("--group", help="group column for GAUC (e.g. user id)")
+    pp.add_argument("--ignore", help="comma-separated columns that are not features (e.g. a raw rating)")
+    pp.add_argument("--min-count", type=int, help="values seen fewer times in train go to OOV")
+    pp.add_argument("--numeric", choices=["standard", "log_bucket"], help="numerical transform")
+    pp.add_argument("--split", help="fractions for missing splits, e.g. 0.8,0.1,0.1 (default)")
+    pp.add_argument("--time-column", help="split in the order of this column instead of at random")
+    pp.add_argument("--seed", type=int, default=2022, help="seed of the random split")
+    pp.add_argument("--field-map", type=Path, help="libFM: featindex file mapping field:value to index")
+    pp.add_argument("--rating-threshold", type=float, default=4.0, help="MovieLens: label = rating >= this")
+    pp.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    pp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    pt = sub.add_parser("train", help="train a model on a prepared directory", epilog=TRAIN_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt.add_argument("--data", type=Path, help="prepared dataset directory")
+    pt.add_argument("--model", help="model name (see `adactr models`)")
+    pt.add_argument("--out", type=Path, help="run directory to write")
+    pt.add_argument("--config", type=Path, help="YAML/TOML/JSON file overriding the defaults")
+    pt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key, e.g. model.hidden=[400,400] or train.lr=0.01")
+    pt.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    pt.add_argument("--device", choices=["auto", "cpu", "cuda"], help="shorthand for --set train.device=...")
+    pt.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    pt.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+
+    pe = sub.add_parser("evaluate", help="metrics of a trained run on a prepared split")
+    pe.add_argument("--run", type=Path, required=True)
+    pe.add_argument("--data", type=Path, required=True)
+    pe.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    pe.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    pr = sub.add_parser("predict", help="raw rows in, click probabilities out")
+    pr.add_argument("--run", type=Path, required=True)
+    pr.add_argument("--input", type=Path, required=True, help="raw file in the format the run was prepared from")
+    pr.add_argument("--output", type=Path, required=True, help="CSV with one column `probability`")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    sub.add_parser("models", help="list the models with their papers")
+
+    pd = sub.add_parser("demo", help="generate the built-in multi-domain click world, prepare it, train on it")
+    pd.add_argument("--out", type=Path, default=Path("adactr-demo"), help="working directory (default ./adactr-demo)")
+    pd.add_argument("--rows", type=int, default=200_000)
+    pd.add_argument("--model", default="deepfm")
+    pd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pd.add_argument("--seed", type=int, default=2022)
+    pd.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _run_config(args: argparse.Namespace):  # -> RunConfig
+    from adactr.config import load_file, override, parse_sets
+    from adactr.train.config import RunConfig
+
+    cfg = RunConfig()
+    if getattr(args, "config", None):
+        cfg = override(cfg, load_file(args.config))
+    sets = list(args.set)
+    if getattr(args, "seed", None) is not None:
+        sets.append(f"train.seed={args.seed}")
+    if getattr(args, "device", None):
+        sets.append(f"train.device={args.device}")
+    if getattr(args, "quiet", False):
+        sets.append("train.progress=false")
+    return override(cfg, parse_sets(sets))
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from adactr.data.encode import Roles
+    from adactr.data.prepare import PRESETS, Format, PrepareRequest, SplitSpec, prepare
+    from adactr.data.schema import NumericTransform
+    from adactr.errors import ConfigError
+
+    fmt = Format(args.format)
+    preset = PRESETS[fmt]
+    roles, options = preset.roles, preset.options
+    role_changes: dict = {}
+    for key, value in (("label", args.label), ("domain", args.domain), ("group", args.group)):
+        if value is not None:
+            role_changes[key] = value
+    for key, value in (("numerical", args.numerical), ("sequence", args.sequence), ("ignore", args.ignore)):
+        if value is not None:
+            role_changes[key] = _csv_list(value)
+    roles = replace(roles, **role_changes) if role_changes else roles
+    opt_changes: dict = {}
+    if args.min_count is not None:
+        opt_changes["min_count"] = args.min_count
+    if args.numeric is not None:
+        opt_changes["numeric_transform"] = NumericTransform(args.numeric)
+    if args.sep is not None:
+        opt_changes["sequence_sep"] = args.sep
+    options = replace(options, **opt_changes) if opt_changes else options
+    split = SplitSpec(time_column=args.time_column, seed=args.seed)
+    if args.split:
+        try:
+            fr = tuple(float(x) for x in args.split.split(","))
+        except ValueError:
+            raise ConfigError(f"--split {args.split!r}: expected fractions like 0.8,0.1,0.1") from None
+        if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
+            raise ConfigError(f"--split {args.split!r}: expected three non-negative fractions")
+        split = replace(split, fractions=fr)  # type: ignore[arg-type]
+    req = PrepareRequest(format=fmt, train=args.train, valid=args.valid, test=args.test, out=args.out,
+                         roles=roles, options=options, split=split, field_map=args.field_map,
+                         rating_threshold=args.rating_threshold, overwrite=args.overwrite)
+    schema = prepare(req, progress=not args.quiet)
+    meta = json.loads((args.out / "meta.json").read_text())
+    print(f"prepared {args.out}: {len(schema.fields)} fields, rows {meta['rows']}, {meta['seconds']} s")
+    return 0
+
+
+def _print_metrics(results: dict) -> None:
+    t = results["test"]
+    line = f"test AUC {t['auc']:.5f}  logloss {t['logloss']:.5f}"
+    if "gauc" in t:
+        line += f"  GAUC {t['gauc']:.5f}"
+    print(line + f"  ({results['epochs']} epochs, {results['samples_per_second']:.0f} samples/s "
+                 f"on {results['device']})")
+    for name, d in t.get("per_domain", {}).items():
+        print(f"  domain {name:>10}: AUC {d['auc']:.5f}  logloss {d['logloss']:.5f}  n={d['count']}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adactr.config import to_dict
+    from adactr.errors import ConfigError
+    from adactr.train.run import train_run
+
+    cfg = _run_config(args)
+    if args.show_config:
+        print(json.dumps(to_dict(cfg), indent=1))
+        return 0
+    for flag in ("data", "model", "out"):
+        if getattr(args, flag) is None:
+            raise ConfigError(f"adactr train: --{flag} is required")
+    results = train_run(data=args.data, model_name=args.model, out=args.out, config=cfg, resume=args.resume,
+                        overwrite=args.overwrite)
+    _print_metrics(results)
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from adactr.train.config import Device
+    from adactr.train.run import evaluate_run
+
+    print(json.dumps(evaluate_run(run=args.run, data=args.data, split=args.split, device=Device(args.device)),
+                     indent=1))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from adactr.train.config import Device
+    from adactr.train.run import predict_file
+
+    n = predict_file(run=args.run, input=args.input, output=args.output, device=Device(args.device))
+    print(f"wrote {n} probabilities to {args.output}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from adactr.models.registry import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for name, entry in MODELS.items():
+        print(f"{name:<{width}}  {entry.paper}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from adactr.config import parse_sets
+    from adactr.data.encode import Roles
+    from adactr.data.prepare import Format, PrepareRequest, prepare
+    from adactr.data.synthetic import write_click_world
+    from adactr.train.run import train_run
+
+    out: Path = args.out
+    raw = out / "raw"
+    print(f"1/3 generating the multi-domain click world ({args.rows} rows) in {raw}")
+    paths = write_click_world(raw, n_rows=args.rows, seed=args.seed)
+    print(f"2/3 preparing {out / 'data'}")
+    prepare(PrepareRequest(format=Format.CSV, train=paths["train"], valid=paths["valid"], test=paths["test"],
+                           out=out / "data", roles=Roles(numerical=("price",), sequence=("tags",),
+                                                         domain="domain", group="user_id"),
+                           overwrite=True), progress=not args.quiet)
+    print(f"3/3 training {args.model} into {out / 'run'}")
+    ns = argparse.Namespace(config=None, set=args.set, seed=args.seed, device=None, quiet=args.quiet)
+    parse_sets(args.set)  # fail early on a malformed --set
+    results = train_run(data=out / "data", model_name=args.model, out=out / "run", config=_run_config(ns),
+                        overwrite=True)
+    _print_metrics(results)
+    print(f"wrote {out / 'run' / 'metrics.json'}")
+    return 0
+
+
+COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "predict": _cmd_predict, "models": _cmd_models, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help and on usage errors; report the status instead
+        return int(e.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except AdactrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Fit vocabularies and normalisers on train, encode any split with the saved schema.
+
+Encoded arrays of one split (all row-aligned, memory-mappable ``.npy``)::
+
+    cat.npy     (N, Fc) int32   categorical + log-bucketed numerical fields, per-field indices
+    num.npy     (N, Fn) float32 standardised numerical fields
+    seq_<j>.npy (N, L_j) int32  multi-valued fields, padded with 0 (missing)
+    label.npy   (N,)    float32 0/1 (absent at predict time)
+    domain.npy  (N,)    int32   domain index (when the schema has a domain column)
+    group.npy   (N,)    int64   group id for GAUC, dense within the split (when it has a group column)
+
+Everything is vectorised with polars / numpy; a raw value the vocabulary has not seen becomes OOV (1),
+a missing one MISSING (0). No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from adactr.data.schema import (
+    MISSING,
+    OOV,
+    RESERVED,
+    FieldSpec,
+    Kind,
+    NumericTransform,
+    Pooling,
+    Schema,
+)
+from adactr.errors import DataError
+
+ROW = "__row"  # file row number of each data row (1-based, header counted), carried for error messages
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which raw column plays which part. Columns named nowhere are categorical features."""
+
+    label: str = "label"
+    numerical: tuple[str, ...] = ()
+    sequence: tuple[str, ...] = ()
+    domain: str | None = None
+    group: str | None = None
+    ignore: tuple[str, ...] = ()
+    # The domain column is also a feature by default (the papers feed the domain indicator to the model).
+    domain_as_feature: bool = True
+    # Group ids (e.g. user id) stay features by default; GAUC needs only the grouping.
+    group_as_feature: bool = True
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    min_count: int = 1  # values rarer than this in train go to OOV (Criteo practice: 10)
+    numeric_transform: NumericTransform = NumericTransform.STANDARD
+    sequence_sep: str = "|"
+    max_seq_len: int = 32  # longer lists keep their first max_seq_len values
+    sequence_pooling: Pooling = Pooling.MEAN
+
+
+def _check_columns(df: pl.DataFrame, needed: Sequence[str], *, file: str) -> None:
+    have = set(df.columns)
+    for c in needed:
+        if c not in have:
+            raise DataError(f"column {c!r} is missing (columns are: {', '.join(df.columns)})", file=file)
+
+
+def _first_bad_row(df: pl.DataFrame, mask: pl.Series) -> int:
+    return int(df[ROW].filter(mask)[0])
+
+
+def _to_float(df: pl.DataFrame, name: str, *, file: str) -> pl.Series:
+    """Cast a raw column to float64; text that is not a number is an error naming its row."""
+    s = df[name]
+    if s.dtype.is_numeric():
+        x = s.cast(pl.Float64)
+    else:
+        x = s.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
+        bad = s.is_not_null() & (s.cast(pl.Utf8).str.strip_chars() != "") & x.is_null()
+        if bad.any():
+            row = _first_bad_row(df, bad)
+            value = s.filter(bad)[0]
+            raise DataError(f"{value!r} is not a number (the column is numerical)", file=file, row=row,
+                            column=name)
+    # NaN and +-inf count as missing: they carry no usable magnitude.
+    return pl.select(pl.when(pl.lit(x).is_finite()).then(pl.lit(x))).to_series().alias(name)
+
+
+def _log_bucket_tokens(x: pl.Series) -> pl.Series:
+    """Criteo winners' discretisation: floor(ln(v)^2) for v > 2, else floor(v); as string tokens.
+
+    Big values get a "b" prefix so that bucket 4 (from ln^2) and the small integer 4 stay apart.
+    """
+    v = x.to_numpy()
+    big = v > 2
+    code = np.where(big, np.floor(np.log(np.where(big, v, 3.0)) ** 2), np.floor(v))
+    tokens = pl.Series(x.name, code).cast(pl.Int64, strict=False).cast(pl.Utf8)
+    return pl.select(pl.when(pl.lit(pl.Series(big))).then(pl.lit("b") + pl.lit(tokens))
+                     .otherwise(pl.lit(tokens))).to_series().alias(x.name)
+
+
+def _category_strings(df: pl.DataFrame, spec_name: str, transform: NumericTransform | None, *,
+                      file: str) -> pl.Series:
+    if transform is NumericTransform.LOG_BUCKET:
+        return _log_bucket_tokens(_to_float(df, spec_name, file=file))
+    s = df[spec_name]
+    return s if s.dtype == pl.Utf8 else s.cast(pl.Utf8)
+
+
+def _fit_vocab(s: pl.Series, min_count: int) -> list[str]:
+    counts = s.drop_nulls().value_counts(name="__n")
+    kept = counts.filter(pl.col("__n") >= min_count).sort(["__n", s.name], descending=[True, False])
+    return kept[s.name].to_list()
+
+
+def _encode_values(s: pl.Series, vocab: Sequence[str]) -> pl.Series:
+    codes = s.replace_strict(list(vocab), list(range(RESERVED, RESERVED + len(vocab))), default=OOV,
+                             return_dtype=pl.Int32)
+    return pl.select(pl.when(pl.lit(s).is_null()).then(pl.lit(MISSING, pl.Int32))
+                     .otherwise(pl.lit(codes))).to_series()
+
+
+def _split_lists(s: pl.Series, sep: str) -> pl.Series:
+    if s.dtype == pl.List(pl.Utf8):
+        return s
+    if isinstance(s.dtype, pl.List):
+        return s.cast(pl.List(pl.Utf8))
+    return s.cast(pl.Utf8).str.split(sep)
+
+
+def _pad_lists(codes_flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """Scatter a flat array of list items into an (N, max_len) matrix, vectorised."""
+    n = len(lengths)
+    out = np.zeros((n, max(max_len, 1)), dtype=np.int32)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(np.arange(n), lengths)
+    pos = np.arange(len(codes_flat)) - np.repeat(starts, lengths)
+    keep = pos < max_len
+    out[rows[keep], pos[keep]] = codes_flat[keep]
+    return out
+
+
+def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
+        source_format: str = "csv") -> tuple[Schema, dict[str, list[str]]]:
+    """Fit the schema and vocabularies on the train rows only."""
+    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, ROW}
+    for c in (roles.domain, roles.group):
+        if c is not None:
+            named.add(c)
+    needed = [roles.label, *roles.numerical, *roles.sequence, *(c for c in (roles.domain, roles.group) if c)]
+    _check_columns(train, needed, file=file)
+    if train.height == 0:
+        raise DataError("no training rows", file=file)
+
+    feature_cols = [c for c in train.columns if c not in named]
+    if roles.domain and roles.domain_as_feature:
+        feature_cols.append(roles.domain)
+    if roles.group and roles.group_as_feature and roles.group not in feature_cols:
+        feature_cols.append(roles.group)
+    feature_cols += [c for c in train.columns if c in roles.numerical or c in roles.sequence]
+    # stable order: as in the file
+    order = {c: i for i, c in enumerate(train.columns)}
+    feature_cols = sorted(set(feature_cols), key=order.__getitem__)
+
+    fields: list[FieldSpec] = []
+    vocabs: dict[str, list[str]] = {}
+    for name in feature_cols:
+        if name in roles.numerical:
+            x = _to_float(train, name, file=file)
+            if options.numeric_transform is NumericTransform.STANDARD:
+                mean = float(x.mean() or 0.0)  # type: ignore[arg-type]
+                std = float(x.std() or 0.0)  # type: ignore[arg-type]
+                fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.STANDARD,
+                                        mean=mean, std=std if std > 0 else 1.0))
+                continue
+            vocab = _fit_vocab(_log_bucket_tokens(x), options.min_count)
+            fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.LOG_BUCKET,
+                                    vocab_size=len(vocab) + RESERVED, min_count=options.min_count))
+        elif name in roles.sequence:
+            lists = _split_lists(train[name], options.sequence_sep)
+            vocab = _fit_vocab(lists.explode().alias(name), options.min_count)
+            max_len = int(lists.list.len().max() or 1)  # type: ignore[arg-type]
+            fields.append(FieldSpec(name=name, kind=Kind.SEQUENCE, vocab_size=len(vocab) + RESERVED,
+                                    min_count=options.min_count, sep=options.sequence_sep,
+                                    max_len=min(max_len, options.max_seq_len),
+                                    pooling=options.sequence_pooling))
+        else:
+            vocab = _fit_vocab(_category_strings(train, name, None, file=file), options.min_count)
+            fields.append(FieldSpec(name=name, kind=Kind.CATEGORICAL, vocab_size=len(vocab) + RESERVED,
+                                    min_count=options.min_count))
+        vocabs[name] = vocab
+
+    domain_names: tuple[str, ...] = ()
+    if roles.domain:
+        dom_vocab = _fit_vocab(train[roles.domain].cast(pl.Utf8), 1)
+        vocabs["__domain__"] = dom_vocab
+        domain_names = ("<missing>", "<unseen>", *dom_vocab)
+    schema = Schema(label=roles.label, fields=tuple(fields), domain=roles.domain,
+                    domain_names=domain_names, group=roles.group, ignore=tuple(roles.ignore),
+                    columns=tuple(c for c in train.columns if c != ROW), source_format=source_format)
+    return schema, vocabs
+
+
+def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list[str]], *, file: str,
+           require_label: bool = True) -> dict[str, np.ndarray]:
+    """Encode raw rows with a fitted schema. Unseen values -> OOV; missing -> MISSING (or 0.0)."""
+    needed = [f.name for f in schema.fields] + [c for c in (schema.domain,) if c]
+    if require_label:
+        needed.append(schema.label)
+    _check_columns(df, needed, file=file)
+    if ROW not in df.columns:
+        df = df.with_row_index(ROW, offset=2)
+    n = df.height
+    out: dict[str, np.ndarray] = {}
+
+    cat_cols = []
+    for f in schema.cat_fields:
+        s = _category_strings(df, f.name, f.transform, file=file)
+        cat_cols.append(_encode_values(s, vocabs[f.name]).to_numpy())
+    out["cat"] = np.stack(cat_cols, axis=1).astype(np.int32) if cat_cols else np.zeros((n, 0), np.int32)
+
+    num_cols = []
+    for f in schema.num_fields:
+        x = _to_float(df, f.name, file=file)
+        num_cols.append(((x - f.mean) / f.std).fill_null(0.0).to_numpy().astype(np.float32))
+    out["num"] = np.stack(num_cols, axis=1) if num_cols else np.zeros((n, 0), np.float32)
+
+    for j, f in enumerate(schema.seq_fields):
+        lists = _split_lists(df[f.name], f.sep)
+        lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+        flat = lists.explode()
+        # explode turns an empty/null list into one null item: drop those so lengths line up
+        flat = flat.filter(pl.Series(np.repeat(lengths > 0, np.maximum(lengths, 1))))
+        codes = _encode_values(flat, vocabs[f.name]).to_numpy().astype(np.int32)
+        out[f"seq_{j}"] = _pad_lists(codes, lengths, f.max_len)
+
+    if require_label or schema.label in df.columns:
+        lab = df[schema.label]
+        out["label"] = lab.to_numpy().astype(np.float32) if lab.dtype.is_numeric() and lab.null_count() == 0 \
+            else _labels(df, schema.label, file=file)
+    if schema.domain:
+        out["domain"] = _encode_values(df[schema.domain].cast(pl.Utf8), vocabs["__domain__"]).to_numpy() \
+            .astype(np.int32)
+    if schema.group and schema.group in df.columns:
+        out["group"] = df[schema.group].cast(pl.Utf8).rank("dense").fill_null(0).to_numpy().astype(np.int64)
+    return out
+
+
+def _labels(df: pl.DataFrame, column: str, *, file: str) -> np.ndarray:
+    """Labels in {0, 1} or {-1, 1} (as numbers or text); anything else names its row."""
+    s = df[column].cast(pl.Utf8).str.strip_chars()
+    x = s.cast(pl.Float64, strict=False)
+    ok = x.is_in([0.0, 1.0, -1.0]).fill_null(False)
+    if not ok.all():
+        bad = ~ok
+        raise DataError(f"label {s.filter(bad)[0]!r} is not one of 0/1 or -1/1", file=file,
+                        row=_first_bad_row(df, bad), column=column)
+    return (x.to_numpy() > 0).astype(np.float32)
+
+
+def check_labels(df: pl.DataFrame, column: str, *, file: str) -> pl.DataFrame:
+    """Replace the label column by validated float 0/1 (done once per file, before any split)."""
+    _check_columns(df, [column], file=file)
+    return df.with_columns(pl.Series(column, _labels(df, column, file=file)))

@@ -1,0 +1,68 @@
+"""The base class of every CTR model: a pure ``nn.Module`` mapping a :class:`Batch` to logits (B,).
+
+No optimiser, device or training code lives here (STYLE 2). The base class only adds what every trainer
+and every adaptive extension needs from any model:
+
+- ``embedding_parameters()`` / ``dense_parameters()``: the split a trainer uses to give the embedding
+  tables their own optimiser or L2 (FuxiCTR's ``embedding_regularizer``, DynInt's GroupLasso-FTRL).
+- ``predict_proba(batch)``: the only place a sigmoid is applied (STYLE 3).
+- the condition seam: ``model.condition`` is ``None`` or a module ``condition(batch, emb) -> cond``
+  (group-wise fields, domain id, routing, ...). Models call ``self.make_condition(batch, emb)`` once per
+  forward and hand ``cond`` to their towers, so a condition builder plugs in without touching a model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from adactr.data.tensors import Batch
+from adactr.models.config import ModelConfig
+from adactr.nn.embedding import FieldEmbedding
+from adactr.nn.mlp import MLP, LayerFactory
+
+
+class CTRModel(nn.Module, ABC):
+    """Maps a :class:`Batch` to click logits of shape (B,)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An instance attribute (not a class attribute): assigning a module later registers it as a
+        # submodule, which a class-level ``None`` would shadow.
+        self.condition: nn.Module | None = None
+
+    @abstractmethod
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits (B,)."""
+
+    def make_condition(self, batch: Batch, emb: Tensor) -> Tensor | None:
+        """The condition handed to adaptive parts, computed once per batch; ``None`` without a builder."""
+        return None if self.condition is None else self.condition(batch, emb)
+
+    def predict_proba(self, batch: Batch) -> Tensor:
+        """Click probabilities (B,)."""
+        return torch.sigmoid(self(batch))
+
+    def embedding_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of every :class:`FieldEmbedding` (the D-dim tables and the first-order weights)."""
+        seen: set[int] = set()
+        for m in self.modules():
+            if isinstance(m, FieldEmbedding):
+                for p in m.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        yield p
+
+    def dense_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter that :meth:`embedding_parameters` does not yield."""
+        emb = {id(p) for p in self.embedding_parameters()}
+        return (p for p in self.parameters() if id(p) not in emb)
+
+
+def tower(*, input_dim: int, config: ModelConfig, layer: LayerFactory, output_dim: int | None = 1) -> MLP:
+    """The deep tower of ``config`` (hidden sizes, activation, dropout, batch norm) built with ``layer``."""
+    return MLP(input_dim=input_dim, hidden=config.hidden, output_dim=output_dim, layer=layer,
+               activation=config.activation, dropout=config.dropout, batch_norm=config.batch_norm)

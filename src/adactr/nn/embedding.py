@@ -1,0 +1,53 @@
+"""One embedding table for all fields, with per-field offsets.
+
+    cat (B, Fc) + offsets ──> table ──> (B, Fc, D)
+    num (B, Fn) ──> value x per-field vector ──> (B, Fn, D)        (FuxiCTR / DeepCTR convention)
+    seq_j (B, L) + offset_j ──> table ──> masked mean/sum over L ──> (B, 1, D)
+    concatenated in that order ──> (B, F, D)
+
+A single table (instead of one ``nn.Embedding`` per field) makes the lookup one gather and the optimiser
+step one tensor. Index 0 of every field is "missing" and 1 is "OOV": both are ordinary learned rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from adactr.data.schema import FieldLayout, Pooling
+from adactr.data.tensors import Batch
+
+
+class FieldEmbedding(nn.Module):
+    """Maps a :class:`Batch` to field embeddings of shape (B, F, D)."""
+
+    def __init__(self, *, layout: FieldLayout, dim: int, init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.layout, self.dim = layout, dim
+        sizes = list(layout.cat_sizes) + list(layout.seq_sizes)
+        offsets = torch.tensor([0] + sizes, dtype=torch.long).cumsum(0)
+        self.table = nn.Embedding(int(offsets[-1]) if sizes else 1, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+        n_cat = len(layout.cat_sizes)
+        self.register_buffer("cat_offsets", offsets[:n_cat].clone(), persistent=False)  # (Fc,)
+        self.seq_offsets = [int(o) for o in offsets[n_cat:-1]]
+        self.num_weight = nn.Parameter(torch.randn(layout.n_num, dim) * init_std)  # (Fn, D)
+        self.seq_sum = [p is Pooling.SUM for p in layout.seq_pooling]
+
+    @property
+    def n_fields(self) -> int:
+        return self.layout.n_fields
+
+    def forward(self, batch: Batch) -> Tensor:
+        parts = []
+        if batch.cat.shape[1]:
+            parts.append(self.table(batch.cat + self.cat_offsets))  # (B, Fc, D)
+        if self.layout.n_num:
+            parts.append(batch.num.unsqueeze(-1) * self.num_weight)  # (B, Fn, D)
+        for seq, off, use_sum in zip(batch.seq, self.seq_offsets, self.seq_sum, strict=True):
+            mask = (seq > 0).unsqueeze(-1)  # (B, L, 1): 0 = padding / missing
+            e = (self.table(seq + off) * mask).sum(1, keepdim=True)  # (B, 1, D)
+            if not use_sum:
+                e = e / mask.sum(1, keepdim=True).clamp(min=1)
+            parts.append(e)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -1,0 +1,72 @@
+"""The tower: an MLP whose linear layers come from a layer factory.
+
+``MLP(input_dim=..., hidden=(400, 400), layer=Linear)`` is the plain DNN tower; passing another factory
+(an APG layer, a partitioned STAR/ADL layer, ...) changes every hidden layer without touching the
+backbone that owns the tower. Every layer a factory makes follows the adaptive interface
+``forward(x, cond) -> same shape as the static layer``; the static :class:`Linear` ignores ``cond``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import Enum
+
+from torch import Tensor, nn
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with the adaptive interface: ``forward(x, cond)``, ``cond`` ignored."""
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return super().forward(x)
+
+
+# (in_features, out_features) -> a module with forward(x, cond)
+LayerFactory = Callable[[int, int], nn.Module]
+
+
+class Activation(str, Enum):
+    RELU = "relu"
+    GELU = "gelu"
+    TANH = "tanh"
+    SIGMOID = "sigmoid"
+    LEAKY_RELU = "leaky_relu"
+
+    def make(self) -> nn.Module:
+        if self is Activation.RELU:
+            return nn.ReLU()
+        if self is Activation.GELU:
+            return nn.GELU()
+        if self is Activation.TANH:
+            return nn.Tanh()
+        if self is Activation.SIGMOID:
+            return nn.Sigmoid()
+        return nn.LeakyReLU()
+
+
+class MLP(nn.Module):
+    """input -> [layer -> (batch norm) -> activation -> (dropout)] x len(hidden) -> (output layer).
+
+    ``output_dim=None`` leaves the last hidden activations as the output (for parallel structures that
+    concatenate towers); otherwise a final static :class:`Linear` maps to ``output_dim``.
+    """
+
+    def __init__(self, *, input_dim: int, hidden: Sequence[int], output_dim: int | None = 1,
+                 layer: LayerFactory = Linear, activation: Activation = Activation.RELU,
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
+        super().__init__()
+        if input_dim <= 0 or any(h <= 0 for h in hidden):
+            raise ValueError(f"MLP sizes must be positive, got input {input_dim} and hidden {list(hidden)}")
+        dims = [input_dim, *hidden]
+        self.layers = nn.ModuleList(layer(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
+        self.post = nn.ModuleList(
+            nn.Sequential(*([nn.BatchNorm1d(o)] if batch_norm else []), activation.make(),
+                          *([nn.Dropout(dropout)] if dropout > 0 else []))
+            for o in hidden)
+        self.output_dim = output_dim if output_dim is not None else dims[-1]
+        self.out = Linear(dims[-1], output_dim) if output_dim is not None else None
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        for layer, post in zip(self.layers, self.post, strict=True):
+            x = post(layer(x, cond))  # (B, h)
+        return self.out(x) if self.out is not None else x

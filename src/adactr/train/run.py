@@ -1,0 +1,189 @@
+"""Runs as the CLI sees them: train a model on a prepared directory, evaluate a run, predict raw rows.
+
+These functions hold the whole job (data -> model -> trainer -> metrics -> files) so that the CLI stays a
+thin argument parser and the same jobs are callable from Python and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from adactr import __version__
+from adactr.config import override, to_dict
+from adactr.data.encode import encode
+from adactr.data.prepare import Format, load_vocabs, read_raw
+from adactr.data.schema import Schema
+from adactr.data.tensors import DeviceSplit, SplitArrays
+from adactr.errors import AdactrError, DataError
+from adactr.models.registry import build_model
+from adactr.train import checkpoint
+from adactr.train.config import Device, RunConfig
+from adactr.train.trainer import Trainer, evaluate_split, predict_logits
+
+
+def pick_device(choice: Device) -> torch.device:
+    if choice is Device.CUDA and not torch.cuda.is_available():
+        raise AdactrError("--device cuda was asked for, but torch sees no CUDA device")
+    if choice is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice.value)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _inference_form(model: nn.Module) -> nn.Module:
+    """The model as served: collapsed / pruned where the paper says so (identity otherwise)."""
+    fn = getattr(model, "for_inference", None)
+    return fn() if fn is not None else model
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+
+def train_run(*, data: Path, model_name: str, out: Path, config: RunConfig, resume: bool = False,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Train ``model_name`` on the prepared directory ``data``; write the run to ``out``."""
+    schema = Schema.load(data / "schema.json")
+    files = RunFiles(out)
+    created = False
+    if resume:
+        if not files.config.exists():
+            raise AdactrError(f"{out}: nothing to resume (no config.json)")
+        saved = json.loads(files.config.read_text())
+        if saved["model_name"] != model_name or saved["schema_fingerprint"] != schema.fingerprint():
+            raise AdactrError(f"{out}: was started with model {saved['model_name']!r} on another dataset or "
+                              f"model; resume with the same --model and --data")
+        config = override(RunConfig(), saved["config"])
+    else:
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise AdactrError(f"{out}: run directory exists and is not empty (pass --overwrite, or --resume)")
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        created = True
+    try:
+        return _train(schema, data, model_name, files, config, resume)
+    except Exception:
+        # An error (bad config, NaN loss, ...) leaves no half-written run directory. An interrupt
+        # (Ctrl-C, a kill) keeps it: its last finished epoch is what --resume continues from.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config: RunConfig,
+           resume: bool) -> dict[str, Any]:
+    tc = config.train
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    seed_everything(tc.seed)
+    model = build_model(model_name, layout=schema.layout(), config=config.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    out = files.root
+    if not resume:
+        checkpoint.write_json(files.config, {
+            "adactr_version": __version__, "model_name": model_name, "data": str(data),
+            "schema_fingerprint": schema.fingerprint(), "config": to_dict(config)})
+        schema.save(out / "schema.json")
+        shutil.copytree(data / "vocab", out / "vocab", dirs_exist_ok=True)
+
+    train = SplitArrays.load(data / "train")
+    valid = SplitArrays.load(data / "valid").to_tensors(device)
+    trainer = Trainer(config=tc, device=device, run_dir=out, domain_names=schema.domain_names)
+    t0 = time.perf_counter()
+    fit = trainer.fit(model, train, valid, resume=resume)
+    wall = time.perf_counter() - t0
+
+    served = _inference_form(model)
+    checkpoint.save_weights(files.weights, served.state_dict())
+    results: dict[str, Any] = {"model": model_name, "device": str(device), "seed": tc.seed,
+                               "params": n_params}
+    eb = tc.eval_batch_size
+    results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names)
+    del valid
+    test = SplitArrays.load(data / "test").to_tensors(device)
+    results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names)
+    results.update({
+        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
+        "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
+        "samples_per_second": round(fit.samples_per_second, 1), "history": fit.history,
+    })
+    checkpoint.write_json(files.metrics, results)
+    return results
+
+
+def load_run(run: Path, device: torch.device | None = None) -> tuple[nn.Module, Schema, RunConfig, dict]:
+    """Rebuild a trained model (inference form) from a run directory: JSON + safetensors only."""
+    files = RunFiles(run)
+    if not files.config.exists():
+        raise AdactrError(f"{run}: not a run directory (no config.json)")
+    saved = json.loads(files.config.read_text())
+    config = override(RunConfig(), saved["config"])
+    schema = Schema.load(run / "schema.json")
+    model = _inference_form(build_model(saved["model_name"], layout=schema.layout(), config=config.model))
+    model.load_state_dict(checkpoint.load_weights(files.weights))
+    model.to(device or torch.device("cpu")).eval()
+    return model, schema, config, saved
+
+
+def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device = Device.AUTO
+                 ) -> dict[str, Any]:
+    dev = pick_device(device)
+    model, schema, config, _ = load_run(run, dev)
+    data_schema = Schema.load(data / "schema.json")
+    if data_schema.fingerprint() != schema.fingerprint():
+        raise DataError(f"this dataset's schema ({data_schema.fingerprint()}) is not the one the run was "
+                        f"trained on ({schema.fingerprint()}): prepare it with the run's schema",
+                        file=str(data / "schema.json"))
+    split_t = SplitArrays.load(data / split).to_tensors(dev)
+    return evaluate_split(model, split_t, batch_size=config.train.eval_batch_size,
+                          domain_names=schema.domain_names)
+
+
+def predict_file(*, run: Path, input: Path, output: Path, fmt: Format | None = None,
+                 device: Device = Device.AUTO, batch_size: int = 65536) -> int:
+    """Raw rows in, probabilities out (one column ``probability``); returns the row count."""
+    dev = pick_device(device)
+    model, schema, _, _ = load_run(run, dev)
+    fmt = fmt or Format(schema.source_format)
+    df = read_raw(fmt, input)
+    missing = [f.name for f in schema.fields if f.name not in df.columns]
+    if missing:
+        raise DataError(f"column {missing[0]!r} is missing: this run was trained on a dataset with columns "
+                        f"{', '.join(schema.columns)}", file=str(input))
+    arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
+    split = SplitArrays(arrays).to_tensors(dev)
+    probs = torch.sigmoid(predict_logits(model, split, batch_size).float()).cpu().numpy()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    pl.DataFrame({"probability": probs}).write_csv(tmp)
+    tmp.replace(output)
+    return len(probs)

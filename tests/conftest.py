@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def world_csv(tmp_path_factory) -> dict[str, Path]:
+    """A small multi-domain click world written as CSV files (train/valid/test)."""
+    from adactr.data.synthetic import write_click_world
+
+    return write_click_world(tmp_path_factory.mktemp("world"), n_rows=6000, seed=1)
+
+
+@pytest.fixture(scope="session")
+def world_data(tmp_path_factory, world_csv) -> Path:
+    """The click world, prepared (domain + group columns, a numerical and a multi-valued field)."""
+    from adactr.cli import main
+
+    out = tmp_path_factory.mktemp("prepared") / "world"
+    assert main(["prepare", "--train", str(world_csv["train"]), "--valid", str(world_csv["valid"]),
+                 "--test", str(world_csv["test"]), "--numerical", "price", "--sequence", "tags",
+                 "--domain", "domain", "--group", "user_id", "--out", str(out), "--quiet"]) == 0
+    return out

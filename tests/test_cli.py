@@ -1,0 +1,115 @@
+"""The CLI in-process through main([...]): the contract later work and outside checks rely on."""
+
+import json
+
+import polars as pl
+import pytest
+
+from adactr.cli import main
+
+FAST = ["--set", "model.hidden=[32,16]", "--set", "train.epochs=2", "--set", "train.batch_size=512", "--quiet"]
+
+
+def test_models_lists_each_with_its_paper(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lr", "fm", "dnn", "wdl", "deepfm", "dcnv2"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert "IJCAI" in out  # DeepFM's venue
+
+
+def test_help_works(capsys):
+    assert main(["prepare", "--help"]) == 0
+    assert "--format criteo" in capsys.readouterr().out
+
+
+def test_train_writes_metrics_config_checkpoint(tmp_path, world_data):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(world_data), "--model", "deepfm", "--out", str(run), *FAST]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("valid", "test", "epochs", "train_seconds", "samples_per_second"):
+        assert key in m
+    for key in ("auc", "logloss", "gauc", "per_domain"):
+        assert key in m["test"]
+    assert 0.5 < m["test"]["auc"] <= 1
+    assert (run / "model.safetensors").exists() and (run / "last.pt").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["model"]["hidden"] == [32, 16]
+    # evaluate gives the test metrics again
+    assert main(["evaluate", "--run", str(run), "--data", str(world_data)]) == 0
+
+
+def test_predict_raw_rows_with_unseen_values(tmp_path, world_data, world_csv):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(run), *FAST]) == 0
+    raw = pl.read_csv(world_csv["test"], infer_schema=False).head(50)
+    raw = raw.with_columns(pl.lit("never-seen-user").alias("user_id"), pl.lit("new|tags").alias("tags"))
+    raw.write_csv(tmp_path / "new.csv")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "new.csv"), "--output", str(out)]) == 0
+    p = pl.read_csv(out)["probability"]
+    assert len(p) == 50 and p.min() > 0 and p.max() < 1
+
+
+def test_unknown_model_is_one_line_error(tmp_path, world_data, capsys):
+    code = main(["train", "--data", str(world_data), "--model", "nope", "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("error:") and "nope" in err and "deepfm" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_unknown_config_key(tmp_path, world_data, capsys):
+    code = main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(tmp_path / "r"),
+                 "--set", "train.learning_rate=1"])
+    assert code != 0 and "train.learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_loss_names_the_step_and_leaves_nothing(tmp_path, world_data, capsys):
+    code = main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(tmp_path / "r"),
+                 "--set", "train.lr=1e30", "--set", "model.hidden=[32]", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "step" in err and "epoch 1" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_schema_from_another_dataset_at_evaluate(tmp_path, world_data, world_csv, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(world_data), "--model", "lr", "--out", str(run), *FAST]) == 0
+    other = tmp_path / "other"
+    assert main(["prepare", "--train", str(world_csv["train"]), "--out", str(other), "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(run), "--data", str(other)]) != 0
+    assert "schema" in capsys.readouterr().err
+
+
+def test_predict_missing_column(tmp_path, world_data, world_csv, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(world_data), "--model", "lr", "--out", str(run), *FAST]) == 0
+    pl.read_csv(world_csv["test"], infer_schema=False).drop("price").head(5).write_csv(tmp_path / "x.csv")
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "x.csv"), "--output", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "x.csv" in err and "'price'" in err and not out.exists()
+
+
+@pytest.mark.parametrize("content,expect", [
+    ("label,a,b\n1,x,y\n0,x\n", "row 3"),  # wrong column count
+    ("", "x.csv"),  # empty file
+    ("label,a\n1,x\n7,y\n", "row 3, column 'label'"),  # label outside {0,1}
+])
+def test_prepare_bad_input(tmp_path, capsys, content, expect):
+    f = tmp_path / "x.csv"
+    f.write_text(content)
+    out = tmp_path / "out"
+    assert main(["prepare", "--train", str(f), "--out", str(out), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob("out.tmp*"))
+
+
+def test_prepare_text_in_numerical_column(tmp_path, capsys):
+    f = tmp_path / "x.csv"
+    f.write_text("label,a,n\n1,x,1.5\n0,y,abc\n1,x,2\n")
+    assert main(["prepare", "--train", str(f), "--numerical", "n", "--out", str(tmp_path / "o"), "--quiet"]) != 0
+    assert "row 3, column 'n'" in capsys.readouterr().err

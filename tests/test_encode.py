@@ -1,0 +1,106 @@
+"""Encoder: vocabularies fitted on train only, OOV/missing slots, numerical transforms, sequences."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from adactr.data.encode import ROW, EncodeOptions, Roles, check_labels, encode, fit
+from adactr.data.schema import MISSING, OOV, NumericTransform, Schema
+from adactr.errors import DataError
+
+
+def frame(**cols):
+    return pl.DataFrame(cols).with_row_index(ROW, offset=2)
+
+
+TRAIN = frame(label=["1", "0", "-1", "1", "0"], city=["a", "b", None, "a", "c"], price=["1", "", "3", "5", "1"],
+              tags=["x|y", "y", None, "z|x|y", "y"], dom=["p", "q", "p", "p", "q"])
+
+
+def fitted(**kw):
+    df = check_labels(TRAIN, "label", file="train.csv")
+    roles = Roles(numerical=("price",), sequence=("tags",), domain="dom")
+    return fit(df, roles, EncodeOptions(**kw), file="train.csv"), df
+
+
+def test_vocab_by_frequency_and_reserved_slots():
+    (schema, vocabs), df = fitted()
+    assert vocabs["city"] == ["a", "b", "c"]  # a twice, then b, c by value
+    arrays = encode(df, schema, vocabs, file="train.csv")
+    assert arrays["cat"][:, 0].tolist() == [2, 3, MISSING, 2, 4]  # city column
+    assert arrays["label"].tolist() == [1, 0, 0, 1, 0]  # -1 -> 0
+
+
+def test_unseen_values_go_to_oov_not_an_error():
+    (schema, vocabs), _ = fitted()
+    new = frame(label=["1"], city=["never-seen"], price=["2"], tags=["w|x"], dom=["zz"])
+    arrays = encode(new, schema, vocabs, file="new.csv")
+    assert arrays["cat"][0, 0] == OOV
+    assert arrays["seq_0"][0, :2].tolist() == [OOV, 2 + vocabs["tags"].index("x")]
+    assert arrays["domain"][0] == OOV
+
+
+def test_min_count_sends_rare_values_to_oov():
+    (schema, vocabs), df = fitted(min_count=2)
+    assert vocabs["city"] == ["a"]
+    assert encode(df, schema, vocabs, file="t")["cat"][:, 0].tolist() == [2, OOV, MISSING, 2, OOV]
+
+
+def test_standardised_numerical_uses_train_mean_and_fills_missing_with_mean():
+    (schema, vocabs), df = fitted()
+    spec = schema.num_fields[0]
+    values = np.array([1, 3, 5, 1.0])
+    assert spec.mean == pytest.approx(values.mean())
+    assert spec.std == pytest.approx(values.std(ddof=1))
+    num = encode(df, schema, vocabs, file="t")["num"][:, 0]
+    assert num[1] == 0.0  # missing -> the mean, i.e. 0 after standardising
+    assert num[0] == pytest.approx((1 - values.mean()) / values.std(ddof=1), rel=1e-6)
+
+
+def test_log_bucket_is_floor_ln_squared_above_2():
+    df = check_labels(frame(label=["1"] * 5, v=["0", "2", "3", "100", None]), "label", file="t")
+    schema, vocabs = fit(df, Roles(numerical=("v",)), EncodeOptions(numeric_transform=NumericTransform.LOG_BUCKET),
+                         file="t")
+    # 3 -> floor(ln(3)^2) = floor(1.206) = 1 ; 100 -> floor(ln(100)^2) = floor(21.2) = 21
+    assert math.floor(math.log(100) ** 2) == 21
+    assert sorted(vocabs["v"]) == sorted(["0", "2", "b1", "b21"])
+    cat = encode(df, schema, vocabs, file="t")["cat"][:, 0]
+    assert cat[4] == MISSING
+
+
+def test_sequence_padding_and_truncation():
+    (schema, vocabs), df = fitted(max_seq_len=2)
+    seq = encode(df, schema, vocabs, file="t")["seq_0"]
+    assert seq.shape == (5, 2)
+    code = {v: i + 2 for i, v in enumerate(vocabs["tags"])}
+    assert seq[0].tolist() == [code["x"], code["y"]]
+    assert seq[2].tolist() == [0, 0]  # missing list -> all padding
+    assert seq[3].tolist() == [code["z"], code["x"]]  # truncated to max_len
+
+
+def test_text_in_numerical_column_names_file_row_column():
+    (schema, vocabs), _ = fitted()
+    bad = frame(label=["1", "0"], city=["a", "b"], price=["2", "cheap"], tags=["x", "y"], dom=["p", "p"])
+    with pytest.raises(DataError, match=r"^new.csv, row 3, column 'price': 'cheap' is not a number"):
+        encode(bad, schema, vocabs, file="new.csv")
+
+
+def test_bad_label_names_file_row_column():
+    with pytest.raises(DataError, match=r"^f.csv, row 4, column 'label': label '2' is not one of 0/1 or -1/1"):
+        check_labels(frame(label=["1", "0", "2"]), "label", file="f.csv")
+
+
+def test_missing_column_is_named():
+    (schema, vocabs), _ = fitted()
+    with pytest.raises(DataError, match=r"column 'price' is missing"):
+        encode(frame(label=["1"], city=["a"], tags=["x"], dom=["p"]), schema, vocabs, file="x.csv")
+
+
+def test_schema_json_round_trip(tmp_path):
+    (schema, _), _ = fitted()
+    schema.save(tmp_path / "schema.json")
+    again = Schema.load(tmp_path / "schema.json")
+    assert again == schema and again.fingerprint() == schema.fingerprint()
+    assert schema.layout().names == ("city", "dom", "price", "tags")

@@ -1,0 +1,58 @@
+"""Trainer: reproducible from a seed, resume after an interruption ends with identical metrics."""
+
+import json
+
+import pytest
+
+from adactr.cli import main
+from adactr.train import trainer as trainer_mod
+
+ARGS = ["--model", "deepfm", "--set", "model.hidden=[32,16]", "--set", "model.dropout=0.1",
+        "--set", "train.epochs=3", "--set", "train.patience=5", "--set", "train.batch_size=500", "--quiet"]
+
+
+def metrics(run):
+    m = json.loads((run / "metrics.json").read_text())
+    return m["test"]["auc"], m["test"]["logloss"], m["valid"]["auc"], [h["train_loss"] for h in m["history"]]
+
+
+def test_same_seed_same_metrics(tmp_path, world_data):
+    for name in ("a", "b"):
+        assert main(["train", "--data", str(world_data), "--out", str(tmp_path / name), *ARGS]) == 0
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "c"), *ARGS, "--seed", "7"]) == 0
+    assert metrics(tmp_path / "c") != metrics(tmp_path / "a")
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, monkeypatch):
+    full = tmp_path / "full"
+    assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS]) == 0
+
+    killed = tmp_path / "killed"
+    original = trainer_mod.Trainer._save
+
+    def save_then_die(self, model, opts, best, result, epoch, bad, stop):
+        original(self, model, opts, best, result, epoch, bad, stop)
+        if epoch == 0:
+            raise KeyboardInterrupt  # as if killed right after epoch 1 was checkpointed
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS]) == 130
+    assert (killed / "last.pt").exists() and not (killed / "metrics.json").exists()
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, "--resume"]) == 0
+    assert metrics(killed) == metrics(full)
+
+
+def test_resume_needs_a_run(tmp_path, world_data, capsys):
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "none"), *ARGS, "--resume"]) != 0
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("emb_opt", ["adam", "sparse_adam", "adagrad"])
+def test_embedding_optimiser_groups(tmp_path, world_data, emb_opt):
+    extra = ["--set", f"train.embedding_optimizer={emb_opt}"]
+    if emb_opt == "adam":
+        extra += ["--set", "train.embedding_l2=0.01"]
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / emb_opt), *ARGS, *extra]) == 0
+    assert json.loads((tmp_path / emb_opt / "metrics.json").read_text())["test"]["auc"] > 0.5
