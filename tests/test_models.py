@@ -67,6 +67,23 @@ def test_gradients_reach_embedding_and_dense(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_embedding_tables_can_take_a_sparse_optimiser(name: str) -> None:
+    # The numerical fields' vectors have a dense gradient, so they must not be among the tables.
+    model = build_model(name, layout=LAYOUT, config=CONFIG)
+    n_tables = 2 if name in ("fm", "wdl", "deepfm") else 1  # D-dim table (+ first-order table)
+    tables = list(model.embedding_parameters())
+    assert len(tables) == n_tables and all(p.shape[0] == sum(LAYOUT.cat_sizes) + 6 for p in tables)
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            m.sparse = True
+    opt = torch.optim.SparseAdam(tables)
+    model(_batch(4)).sum().backward()
+    before = [p.detach().clone() for p in tables]
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, tables, strict=True))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_deterministic_with_seed(name: str) -> None:
     outs = []
     for _ in range(2):

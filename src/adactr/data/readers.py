@@ -277,10 +277,11 @@ def read_libfm(path: str | Path, *, field_map: str | Path | None = None) -> pl.D
                                f"tokens (line {feats[_ROW][0]} has {feats['tok'][0]!r})")
     else:
         kind = 1
-    parts = pl.col("tok").str.split(":")
-    feats = feats.select(_ROW, "tok", field=parts.list.get(0) if kind == 2 else pl.lit(None, pl.String),
-                         idx=parts.list.get(kind - 1),
-                         val=parts.list.get(kind).cast(pl.Float64, strict=False))
+    parts = pl.col("tok").str.split_exact(":", kind)
+    feats = feats.select(_ROW, "tok",
+                         field=parts.struct.field("field_0") if kind == 2 else pl.lit(None, pl.String),
+                         idx=parts.struct.field(f"field_{kind - 1}"),
+                         val=parts.struct.field(f"field_{kind}").cast(pl.Float64, strict=False))
     bad = feats.filter(pl.col("val").is_null() | pl.col("val").is_nan() | pl.col("val").is_infinite()
                        | (pl.col("idx").str.len_chars() == 0))
     if bad.height:
@@ -313,20 +314,30 @@ def read_libfm(path: str | Path, *, field_map: str | Path | None = None) -> pl.D
             _fail(path, bad, f"feature index {bad['idx'][0]} is not in the field map {field_map}")
         feats = feats.filter(pl.col("col").is_not_null())
         columns = fmap.filter(pl.col("col").is_not_null())["col"].unique(maintain_order=True).to_list()
+        feats = feats.with_columns(code=pl.col("col").replace_strict(columns, range(len(columns)),
+                                                                      return_dtype=pl.Int64))
     else:
         feats = feats.with_columns(field_int=pl.col("field").cast(pl.Int64, strict=False))
         bad = feats.filter(pl.col("field_int").is_null() | (pl.col("field_int") < 0))
         if bad.height:
             _fail(path, bad, f"field in {bad['tok'][0]!r} is not a non-negative integer")
-        feats = feats.with_columns(col=pl.format("f{}", pl.col("field_int")))
+        feats = feats.with_columns(col=pl.format("f{}", pl.col("field_int")), code=pl.col("field_int"))
         top = feats["field_int"].max()
         columns = [f"f{i}" for i in range(int(top) + 1)] if top is not None else []  # type: ignore[arg-type]
     clash = set(columns) & set(base.columns)
     if clash:
         raise DataError(f"field name(s) {sorted(clash)} clash with reader columns", file=str(path))
     if feats.height:
-        wide = (feats.group_by(_ROW, "col", maintain_order=True).agg(pl.col("idx").str.join("|"))
-                .pivot(on="col", index=_ROW, values="idx"))
+        # several active indices in one field of one row (iPinYou user tags) are joined with '|'; that
+        # aggregation is slow, so only the (row, field) pairs that need it go through it
+        multi = (pl.col(_ROW) * len(columns) + pl.col("code")).is_duplicated()
+        feats = feats.with_columns(multi=multi)
+        long = feats.filter(~pl.col("multi")).select(_ROW, "col", "idx")
+        if feats["multi"].any():
+            joined = (feats.filter(pl.col("multi")).group_by(_ROW, "col", maintain_order=True)
+                      .agg(pl.col("idx").str.join("|")))
+            long = pl.concat([long, joined])
+        wide = long.pivot(on="col", index=_ROW, values="idx")
         base = base.join(wide, on=_ROW, how="left", maintain_order="left")
     base = base.with_columns(pl.lit(None, pl.String).alias(c) for c in columns if c not in base.columns)
     return base.select("label", *[f"extra_{j + 1}" for j in range(k)], *columns)

@@ -47,7 +47,7 @@ class SplitArrays:
     def load(cls, directory: Path, *, mmap: bool = True) -> SplitArrays:
         if not (directory / "cat.npy").exists():
             raise DataError("no encoded arrays here (run `adactr prepare` first)", file=str(directory))
-        arrays = {p.stem: np.load(p, mmap_mode="r" if mmap else None) for p in sorted(directory.glob("*.npy"))}
+        arrays = {p.stem: np.load(p, mmap_mode="c" if mmap else None) for p in sorted(directory.glob("*.npy"))}
         return cls(arrays)
 
     def __len__(self) -> int:

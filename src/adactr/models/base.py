@@ -46,17 +46,22 @@ class CTRModel(nn.Module, ABC):
         """Click probabilities (B,)."""
         return torch.sigmoid(self(batch))
 
-    def embedding_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of every :class:`FieldEmbedding` (the D-dim tables and the first-order weights)."""
+    def embedding_parameters(self) -> Iterator[Tensor]:
+        """The lookup tables of every :class:`FieldEmbedding` (D-dim and first-order ones).
+
+        Only tables: a batch touches few of their rows, so their gradient may be sparse and a sparse
+        optimiser (``SparseAdam``) can own them. The per-field vectors of numerical fields are used by
+        every row of every batch, have a dense gradient, and stay in :meth:`dense_parameters`.
+        """
         seen: set[int] = set()
         for m in self.modules():
             if isinstance(m, FieldEmbedding):
-                for p in m.parameters():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        yield p
+                for table in m.modules():
+                    if isinstance(table, nn.Embedding) and id(table.weight) not in seen:
+                        seen.add(id(table.weight))
+                        yield table.weight
 
-    def dense_parameters(self) -> Iterator[nn.Parameter]:
+    def dense_parameters(self) -> Iterator[Tensor]:
         """Every parameter that :meth:`embedding_parameters` does not yield."""
         emb = {id(p) for p in self.embedding_parameters()}
         return (p for p in self.parameters() if id(p) not in emb)

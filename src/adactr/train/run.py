@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
 from adactr import __version__
 from adactr.config import override, to_dict
-from adactr.data.encode import encode
-from adactr.data.prepare import Format, load_vocabs, read_raw
 from adactr.data.schema import Schema
 from adactr.data.tensors import DeviceSplit, SplitArrays
 from adactr.errors import AdactrError, DataError
@@ -168,13 +165,18 @@ def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device =
                           domain_names=schema.domain_names)
 
 
-def predict_file(*, run: Path, input: Path, output: Path, fmt: Format | None = None,
+def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None,
                  device: Device = Device.AUTO, batch_size: int = 65536) -> int:
     """Raw rows in, probabilities out (one column ``probability``); returns the row count."""
+    # the raw-file readers need polars; training from prepared arrays does not (GPU boxes may lack it)
+    import polars as pl
+
+    from adactr.data.encode import encode
+    from adactr.data.prepare import Format, load_vocabs, read_raw
+
     dev = pick_device(device)
     model, schema, _, _ = load_run(run, dev)
-    fmt = fmt or Format(schema.source_format)
-    df = read_raw(fmt, input)
+    df = read_raw(Format(fmt or schema.source_format), input)
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
         raise DataError(f"column {missing[0]!r} is missing: this run was trained on a dataset with columns "
