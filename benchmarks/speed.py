@@ -59,9 +59,11 @@ def _peak_rss_mb_of(cmd: list[str]) -> tuple[float, float, int]:
 
 
 def adactr_prepare(files: dict[str, Path], fmt: str, out: Path) -> dict:
+    """Prepare the same files the peers prepare (one file: adactr splits 90/5/5 from it)."""
     cmd = [sys.executable, "-m", "adactr.cli", "prepare", "--format", fmt, "--train", str(files["train"]),
-           "--valid", str(files["valid"]), "--test", str(files["test"]), "--out", str(out), "--quiet",
-           "--overwrite"]
+           "--out", str(out), "--quiet", "--overwrite"]
+    cmd += ["--valid", str(files["valid"]), "--test", str(files["test"])] if "valid" in files else \
+        ["--split", "0.9,0.05,0.05"]
     seconds, peak, _ = _peak_rss_mb_of(cmd)
     rows = sum(json.loads((out / "meta.json").read_text())["rows"].values())
     return {"library": "adactr", "prep_seconds": seconds, "rows": rows, "prep_rows_per_second": rows / seconds,
@@ -93,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every contender")
     ap.add_argument("--datasets", default="frappe,criteo")
     ap.add_argument("--criteo-rows", type=int, default=5_000_000)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs on the Criteo-shaped rows")
+    ap.add_argument("--frappe-epochs", type=int, default=None,
+                    help="epochs on Frappe_x1 (default --epochs; on a GPU one epoch is a fraction of a second)")
+    ap.add_argument("--deepctr-encoder", default="sklearn", choices=["sklearn", "factorize"],
+                    help="DeepCTR-Torch label encoding (its own example: sklearn; factorize is faster, same model)")
     ap.add_argument("--emb", type=int, default=10)
     ap.add_argument("--hidden", default="400,400,400")
     ap.add_argument("--batch", type=int, default=4096)
@@ -110,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p] if peers_py else []
     if not peers_py:
         print(f"note: {args.peers_python} not found: peers skipped", file=sys.stderr)
-    common = ["--emb", str(args.emb), "--hidden", args.hidden, "--batch", str(args.batch), "--epochs",
-              str(args.epochs), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    base_epochs = args.epochs
+    common0 = ["--emb", str(args.emb), "--hidden", args.hidden, "--batch", str(args.batch),
+               "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     env = dict(os.environ)
     records: dict[str, dict] = {}
     gemm = _run_json([sys.executable, str(PEERS / "gemm_rate.py"), "--device", args.device,
@@ -122,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="adactr-speed-") as tmp_s:
         tmp = Path(tmp_s)
         for ds in args.datasets.split(","):
+            args.epochs = (args.frappe_epochs or base_epochs) if ds == "frappe" else base_epochs
+            common = [*common0, "--epochs", str(args.epochs)]
             if ds == "frappe":
                 files = {s: args.frappe_dir / f"{s}.csv.gz" for s in ("train", "valid", "test")}
                 fmt, src = "csv", ["--train", str(files["train"]), "--label", "label", "--categorical", FRAPPE_CATS]
@@ -131,13 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                 from adactr.data.synthetic import write_criteo_like
 
                 t0 = time.perf_counter()
-                files = {"train": write_criteo_like(tmp / "criteo_train.txt", args.criteo_rows, seed=0),
-                         "valid": write_criteo_like(tmp / "criteo_valid.txt", 50_000, seed=1)}
-                files["test"] = files["valid"]
+                files = {"train": write_criteo_like(tmp / "criteo_train.txt", args.criteo_rows, seed=0)}
                 print(f"generated {args.criteo_rows} Criteo-shaped rows in {time.perf_counter() - t0:.1f}s",
                       file=sys.stderr)
                 fmt, src = "criteo", ["--criteo", str(files["train"])]
                 prep_src = src
+                flops = None
             rec: dict = {"train": [], "prepare": []}
             # preparation: adactr vs FuxiCTR (the issue's comparison), same raw files
             prepared = tmp / f"{ds}-prepared"
@@ -154,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             for peer in peers:
                 script = {"fuxictr": "fuxictr_deepfm.py", "deepctr": "deepctr_deepfm.py"}[peer]
                 extra = ["--valid", str(files["valid"])] if peer == "fuxictr" and ds == "frappe" else []
+                if peer == "deepctr":
+                    extra += ["--encoder", args.deepctr_encoder]
                 rec["train"].append(_run_json([peers_py, str(PEERS / script), *src, *extra, *common], env=env))
-            hand = [sys.executable, str(PEERS / "handwritten_deepfm.py"), *src, *common]
+            hand = [peers_py or sys.executable, str(PEERS / "handwritten_deepfm.py"), *src, *common]
             rec["train"].append(_run_json(hand))
             if args.device == "cuda":
                 rec["train"].append(_run_json(hand + ["--compile"]))

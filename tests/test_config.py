@@ -38,3 +38,11 @@ def test_bad_values_name_the_key():
         override(RunConfig(), parse_sets(["model.cross_structure=diagonal"]))
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_sets(["train.lr"])
+
+
+def test_unquoted_name_lists():
+    from adactr.config import _coerce
+
+    assert _coerce("[user_id,item_id]", tuple[str, ...], "k") == ("user_id", "item_id")
+    assert _coerce('["a"]', tuple[str, ...], "k") == ("a",)
+    assert _coerce("a,b", tuple[str, ...], "k") == ("a", "b")

@@ -64,7 +64,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 try:
                     value = json.loads(text)
                 except json.JSONDecodeError:
-                    raise ConfigError(f"{key}: {value!r} is not a list") from None
+                    if not text.endswith("]"):
+                        raise ConfigError(f"{key}: {value!r} is not a list") from None
+                    # [user_id,item_id]: names need no quotes on a command line
+                    value = [v.strip() for v in text[1:-1].split(",") if v.strip()]
             else:
                 value = [v for v in text.split(",") if v.strip()] if text else []
         if not isinstance(value, list | tuple):

@@ -89,17 +89,18 @@ def _to_float(df: pl.DataFrame, name: str, *, file: str) -> pl.Series:
     return pl.select(pl.when(pl.lit(x).is_finite()).then(pl.lit(x))).to_series().alias(name)
 
 
-def _log_bucket_tokens(x: pl.Series) -> pl.Series:
-    """Criteo winners' discretisation: floor(ln(v)^2) for v > 2, else floor(v); as string tokens.
+# Big log buckets live far from the small integers they would otherwise collide with (bucket 4 from
+# floor(ln(v)^2) vs the integer 4 itself); ints, not strings, so bucketing is pure numpy.
+_BIG_BUCKET = 1_000_000
 
-    Big values get a "b" prefix so that bucket 4 (from ln^2) and the small integer 4 stay apart.
-    """
+
+def _log_bucket_tokens(x: pl.Series) -> pl.Series:
+    """Criteo winners' discretisation: floor(ln(v)^2) for v > 2, else floor(v); int tokens."""
     v = x.to_numpy()
     big = v > 2
-    code = np.where(big, np.floor(np.log(np.where(big, v, 3.0)) ** 2), np.floor(v))
-    tokens = pl.Series(x.name, code).cast(pl.Int64, strict=False).cast(pl.Utf8)
-    return pl.select(pl.when(pl.lit(pl.Series(big))).then(pl.lit("b") + pl.lit(tokens))
-                     .otherwise(pl.lit(tokens))).to_series().alias(x.name)
+    with np.errstate(invalid="ignore"):
+        code = np.where(big, _BIG_BUCKET + np.floor(np.log(np.where(big, v, 3.0)) ** 2), np.floor(v))
+    return pl.Series(x.name, code, dtype=pl.Float64).cast(pl.Int64, strict=False)  # NaN -> null
 
 
 def _category_strings(df: pl.DataFrame, spec_name: str, transform: NumericTransform | None, *,
@@ -144,15 +145,23 @@ def _pad_lists(codes_flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.
 
 
 def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
-        source_format: str = "csv") -> tuple[Schema, dict[str, list[str]]]:
-    """Fit the schema and vocabularies on the train rows only."""
+        source_format: str = "csv", rows: np.ndarray | None = None) -> tuple[Schema, dict[str, list]]:
+    """Fit the schema and vocabularies on the train rows only.
+
+    ``rows`` selects the train rows of a frame that also holds other splits; each column is gathered
+    on its own, so the frame is never copied whole.
+    """
+
+    def col(s: pl.Series) -> pl.Series:
+        return s if rows is None else s.gather(rows)
+
     named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, ROW}
     for c in (roles.domain, roles.group):
         if c is not None:
             named.add(c)
     needed = [roles.label, *roles.numerical, *roles.sequence, *(c for c in (roles.domain, roles.group) if c)]
     _check_columns(train, needed, file=file)
-    if train.height == 0:
+    if (train.height if rows is None else len(rows)) == 0:
         raise DataError("no training rows", file=file)
 
     feature_cols = [c for c in train.columns if c not in named]
@@ -166,10 +175,10 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
     feature_cols = sorted(set(feature_cols), key=order.__getitem__)
 
     fields: list[FieldSpec] = []
-    vocabs: dict[str, list[str]] = {}
+    vocabs: dict[str, list] = {}
     for name in feature_cols:
         if name in roles.numerical:
-            x = _to_float(train, name, file=file)
+            x = col(_to_float(train, name, file=file))
             if options.numeric_transform is NumericTransform.STANDARD:
                 mean = float(x.mean() or 0.0)  # type: ignore[arg-type]
                 std = float(x.std() or 0.0)  # type: ignore[arg-type]
@@ -180,7 +189,7 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
             fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.LOG_BUCKET,
                                     vocab_size=len(vocab) + RESERVED, min_count=options.min_count))
         elif name in roles.sequence:
-            lists = _split_lists(train[name], options.sequence_sep)
+            lists = _split_lists(col(train[name]), options.sequence_sep)
             vocab = _fit_vocab(lists.explode().alias(name), options.min_count)
             max_len = int(lists.list.len().max() or 1)  # type: ignore[arg-type]
             fields.append(FieldSpec(name=name, kind=Kind.SEQUENCE, vocab_size=len(vocab) + RESERVED,
@@ -188,14 +197,14 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
                                     max_len=min(max_len, options.max_seq_len),
                                     pooling=options.sequence_pooling))
         else:
-            vocab = _fit_vocab(_category_strings(train, name, None, file=file), options.min_count)
+            vocab = _fit_vocab(col(_category_strings(train, name, None, file=file)), options.min_count)
             fields.append(FieldSpec(name=name, kind=Kind.CATEGORICAL, vocab_size=len(vocab) + RESERVED,
                                     min_count=options.min_count))
         vocabs[name] = vocab
 
     domain_names: tuple[str, ...] = ()
     if roles.domain:
-        dom_vocab = _fit_vocab(train[roles.domain].cast(pl.Utf8), 1)
+        dom_vocab = _fit_vocab(col(train[roles.domain]).cast(pl.Utf8), 1)
         vocabs["__domain__"] = dom_vocab
         domain_names = ("<missing>", "<unseen>", *dom_vocab)
     schema = Schema(label=roles.label, fields=tuple(fields), domain=roles.domain,
@@ -204,7 +213,7 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
     return schema, vocabs
 
 
-def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list[str]], *, file: str,
+def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: str,
            require_label: bool = True) -> dict[str, np.ndarray]:
     """Encode raw rows with a fitted schema. Unseen values -> OOV; missing -> MISSING (or 0.0)."""
     needed = [f.name for f in schema.fields] + [c for c in (schema.domain,) if c]
@@ -216,11 +225,11 @@ def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list[str]], *, fi
     n = df.height
     out: dict[str, np.ndarray] = {}
 
-    cat_cols = []
-    for f in schema.cat_fields:
+    cat = np.empty((n, len(schema.cat_fields)), dtype=np.int32)  # filled column by column: no stack copy
+    for j, f in enumerate(schema.cat_fields):
         s = _category_strings(df, f.name, f.transform, file=file)
-        cat_cols.append(_encode_values(s, vocabs[f.name]).to_numpy())
-    out["cat"] = np.stack(cat_cols, axis=1).astype(np.int32) if cat_cols else np.zeros((n, 0), np.int32)
+        cat[:, j] = _encode_values(s, vocabs[f.name]).to_numpy()
+    out["cat"] = cat
 
     num_cols = []
     for f in schema.num_fields:

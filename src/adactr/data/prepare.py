@@ -118,11 +118,10 @@ def _first_line(path: Path) -> str:
         return f.readline()
 
 
-def _split(df: pl.DataFrame, spec: SplitSpec, names: tuple[str, ...]) -> dict[str, pl.DataFrame]:
-    """Split one frame into len(names) parts by the first fractions (renormalised)."""
+def _split_rows(n: int, df: pl.DataFrame, spec: SplitSpec, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Row indices of each part, by the first fractions (renormalised): random by seed, or ordered."""
     fr = np.array(spec.fractions[: len(names)], dtype=float)
     fr = fr / fr.sum()
-    n = df.height
     if spec.time_column:
         if spec.time_column not in df.columns:
             raise DataError(f"time column {spec.time_column!r} is missing")
@@ -133,8 +132,9 @@ def _split(df: pl.DataFrame, spec: SplitSpec, names: tuple[str, ...]) -> dict[st
     bounds[-1] = n
     parts = {}
     for i, name in enumerate(names):
-        idx = np.sort(order[bounds[i]:bounds[i + 1]]) if not spec.time_column else order[bounds[i]:bounds[i + 1]]
-        parts[name] = df[idx]
+        idx = order[bounds[i]:bounds[i + 1]]
+        # a random part keeps file order (reads better, compresses better); an ordered one keeps time order
+        parts[name] = idx if spec.time_column else np.sort(idx)
     return parts
 
 
@@ -163,19 +163,26 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     stage("read")
 
     missing = tuple(s for s in SPLITS if s not in frames)
+    train_rows = None
     if missing:
-        # carve the missing splits out of train (random by seed, or ordered by a time column)
-        pieces = _split(frames["train"], req.split, ("train", *missing))
-        for s, part in pieces.items():
-            frames[s] = part
+        # carve the missing splits out of the train file as row indices (random by seed, or ordered by a
+        # time column): the raw frame is never copied, the encoded arrays are sliced instead
+        parts = _split_rows(frames["train"].height, frames["train"], req.split, ("train", *missing))
+        train_rows = parts["train"]
+        for s in missing:
             sources[s] = sources["train"]
     stage("split")
 
     schema, vocabs = fit(frames["train"], req.roles, req.options, file=sources["train"],
-                         source_format=req.format.value)
+                         source_format=req.format.value, rows=train_rows)
     stage("fit")
 
-    encoded = {s: encode(frames[s], schema, vocabs, file=sources[s]) for s in SPLITS}
+    encoded = {s: encode(frames[s], schema, vocabs, file=sources[s]) for s in frames}
+    if missing:
+        whole = encoded.pop("train")
+        for s, idx in parts.items():
+            encoded[s] = {k: a[idx] for k, a in whole.items()}
+        del whole
     stage("encode")
 
     tmp = out.with_name(out.name + f".tmp-{time.time_ns()}")
@@ -206,7 +213,7 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     return schema
 
 
-def load_vocabs(directory: Path) -> dict[str, list[str]]:
+def load_vocabs(directory: Path) -> dict[str, list]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((directory / "vocab").glob("*.json"))}
 
 

@@ -174,7 +174,9 @@ class Trainer:
                     o.step()
                 losses[step] = loss.detach()
                 step += 1
-                if step % 50 == 0 or step == n_steps:
+                if cfg.progress and (step % 50 == 0 or step == n_steps):
+                    # the only host sync inside the epoch, and only with a progress bar: without one the
+                    # loss buffer is checked once at the end (it still names the first bad step)
                     self._check_finite(losses, step, epoch)
                     bar.set_postfix(loss=f"{losses[max(0, step - 50):step].mean().item():.4f}", refresh=False)
                     bar.update(step - bar.n)
