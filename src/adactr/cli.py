@@ -133,7 +133,6 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from adactr.data.encode import Roles
     from adactr.data.prepare import PRESETS, Format, PrepareRequest, SplitSpec, prepare
     from adactr.data.schema import NumericTransform
     from adactr.errors import ConfigError

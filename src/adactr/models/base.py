@@ -13,8 +13,10 @@ and every adaptive extension needs from any model:
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,18 @@ from adactr.data.tensors import Batch
 from adactr.models.config import ModelConfig
 from adactr.nn.embedding import FieldEmbedding
 from adactr.nn.mlp import MLP, LayerFactory
+
+
+@runtime_checkable
+class Collapsible(Protocol):
+    """A part whose served form differs from its training form (APG v5: ``U^l U^r`` -> ``U``).
+
+    ``collapse()`` returns the served module (or the part itself when it has nothing to fold), computes
+    what it folds once, gives the same outputs, and leaves the part it was called on unchanged.
+    """
+
+    def collapse(self) -> nn.Module:
+        ...
 
 
 class CTRModel(nn.Module, ABC):
@@ -41,6 +55,22 @@ class CTRModel(nn.Module, ABC):
     def make_condition(self, batch: Batch, emb: Tensor) -> Tensor | None:
         """The condition handed to adaptive parts, computed once per batch; ``None`` without a builder."""
         return None if self.condition is None else self.condition(batch, emb)
+
+    def for_inference(self) -> CTRModel:
+        """The model as served: a copy with every :class:`Collapsible` part replaced by its ``collapse()``.
+
+        Deterministic in structure (a freshly built model gives the same state_dict keys and shapes as a
+        trained one, so a run's saved weights load into ``build_model(...).for_inference()``). ``self``
+        is never changed; a model with nothing to collapse is returned as it is.
+        """
+        if not any(isinstance(m, Collapsible) for m in self.modules()):
+            return self
+        served = copy.deepcopy(self)
+        for parent in list(served.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, Collapsible):
+                    setattr(parent, name, child.collapse())
+        return served
 
     def predict_proba(self, batch: Batch) -> Tensor:
         """Click probabilities (B,)."""

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
+from adactr.nn.apg import APGConfig
+from adactr.nn.interaction import BilinearType
 from adactr.nn.mlp import Activation
 
 
 class CrossStructure(str, Enum):
     STACKED = "stacked"  # DCNv2 Fig. 1(b): cross network, then the deep tower on its output
     PARALLEL = "parallel"  # DCNv2 Fig. 1(a): cross and deep side by side, outputs concatenated
+
+
+class TowerLayer(str, Enum):
+    """What builds the hidden layers of a model's deep tower (the layer factory, STYLE 1)."""
+
+    LINEAR = "linear"  # the static nn.Linear
+    APG = "apg"  # adactr.nn.apg.APGLinear (Yan et al., NeurIPS 2022), configured by ``apg``
 
 
 @dataclass(frozen=True)
@@ -26,3 +35,15 @@ class ModelConfig:
     cross_structure: CrossStructure = CrossStructure.PARALLEL
     cross_rank: int = 0  # 0 = full-rank W (DCNv2 eq. 1); r > 0 = low-rank mixture of experts (eq. 3)
     cross_experts: int = 4  # experts in the low-rank mixture (DCNv2 paper default)
+    # FiBiNET (Huang et al., RecSys 2019)
+    senet_reduction: int = 3  # SENET reduction ratio r (FiBiNET paper setting; DeepCTR/FuxiCTR default)
+    bilinear_type: BilinearType = BilinearType.FIELD_INTERACTION  # W_ij per pair (DeepCTR/FuxiCTR default)
+    # AutoInt (Song et al., CIKM 2019) and DIFM's vector-wise part (Lu et al., IJCAI 2020)
+    attention_heads: int = 2  # H: AutoInt paper / authors' Criteo script (--heads 2)
+    attention_dim: int = 32  # d' per head: AutoInt paper (authors' script: 64 = 2 heads x 32)
+    attention_layers: int = 3  # interacting layers: AutoInt paper (--blocks 3); DIFM always uses one
+    autoint_plus: bool = False  # AutoInt+: a parallel MLP tower, logits summed (as in the authors' code)
+    # Tower layers: static, or instance-adaptive (APG: every hidden layer of the tower, as in the paper's
+    # Table 2, where APG replaces the deep layers of each backbone)
+    tower_layer: TowerLayer = TowerLayer.LINEAR
+    apg: APGConfig = field(default_factory=APGConfig)

@@ -7,14 +7,20 @@ from typing import Protocol
 
 from adactr.data.schema import FieldLayout
 from adactr.errors import ConfigError
+from adactr.models.autoint import AutoInt
 from adactr.models.base import CTRModel
-from adactr.models.config import ModelConfig
+from adactr.models.config import ModelConfig, TowerLayer
+from adactr.models.dcn import DCN
 from adactr.models.dcnv2 import DCNv2
 from adactr.models.deepfm import DeepFM
+from adactr.models.difm import DIFM
 from adactr.models.dnn import DNN
+from adactr.models.fibinet import FiBiNET
 from adactr.models.fm import FM
 from adactr.models.lr import LR
+from adactr.models.pnn import IPNN, OPNN
 from adactr.models.wdl import WideDeep
+from adactr.nn.apg import APGCondition, APGLinear, apg_layer_factory
 from adactr.nn.mlp import LayerFactory, Linear
 
 
@@ -39,6 +45,17 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("wdl", WideDeep, "Cheng et al., Wide & Deep Learning for Recommender Systems, DLRS 2016"),
     ModelEntry("deepfm", DeepFM, "Guo et al., DeepFM, IJCAI 2017"),
     ModelEntry("dcnv2", DCNv2, "Wang et al., DCN V2, WWW 2021"),
+    ModelEntry("ipnn", IPNN, "Qu et al., Product-based Neural Networks for User Response Prediction (IPNN), "
+                             "ICDM 2016"),
+    ModelEntry("opnn", OPNN, "Qu et al., Product-based Neural Networks for User Response Prediction (OPNN), "
+                             "ICDM 2016"),
+    ModelEntry("fibinet", FiBiNET, "Huang et al., FiBiNET: Combining Feature Importance and Bilinear feature "
+                                   "Interaction for Click-Through Rate Prediction, RecSys 2019"),
+    ModelEntry("difm", DIFM, "Lu et al., A Dual Input-aware Factorization Machine for CTR Prediction, "
+                             "IJCAI 2020"),
+    ModelEntry("dcn", DCN, "Wang et al., Deep & Cross Network for Ad Click Predictions, ADKDD 2017"),
+    ModelEntry("autoint", AutoInt, "Song et al., AutoInt: Automatic Feature Interaction Learning via "
+                                   "Self-Attentive Neural Networks, CIKM 2019 (AutoInt+: autoint_plus)"),
 )}
 
 
@@ -48,4 +65,17 @@ def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
     entry = MODELS.get(name)
     if entry is None:
         raise ConfigError(f"unknown model {name!r}; valid models are: {', '.join(MODELS)}")
-    return entry.cls(layout=layout, config=config, layer=layer)
+    if config.tower_layer is TowerLayer.LINEAR:
+        return entry.cls(layout=layout, config=config, layer=layer)
+    # APG (Yan et al., NeurIPS 2022) by composition: the condition builder goes into the model's condition
+    # seam and the APG layer factory builds the tower; no APG-specific model class.
+    which = f"model.tower_layer={config.tower_layer.value}"
+    if layer is not Linear:
+        raise ConfigError(f"{which} and a custom layer factory were both given; use one")
+    condition = APGCondition(layout=layout, config=config.apg, embedding_dim=config.embedding_dim)
+    model = entry.cls(layout=layout, config=config,
+                      layer=apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions))
+    if not any(isinstance(m, APGLinear) for m in model.modules()):
+        raise ConfigError(f"model {name!r} has no deep tower for {which}")
+    model.condition = condition
+    return model

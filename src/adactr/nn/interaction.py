@@ -11,11 +11,20 @@
             │  x_1 = x_0 ⊙ (W_0 x_0 + b_0) + x_0
             │              │  x_2 = x_0 ⊙ (W_1 x_1 + b_1) + x_1
             └──────────────┴─── x_0 feeds every layer
+
+- :class:`CrossLayerV1` / :class:`CrossNet`: DCN (Wang et al., ADKDD 2017) eq. 3,
+  ``x_{l+1} = x_0 x_l^T w_l + b_l + x_l`` with a vector ``w_l``.
+- :class:`InnerProduct` / :class:`OuterProduct`: the product signals ``p`` of PNN (Qu et al., ICDM 2016),
+  pairwise inner products (IPNN) and the sum-pooled outer product ``f_Σ f_Σ^T`` (OPNN).
+- :class:`SENet` / :class:`BilinearInteraction`: FiBiNET (Huang et al., RecSys 2019) field re-weighting
+  (squeeze, excitation, re-weight) and the bilinear interaction ``p_ij = (v_i W) ⊙ v_j``.
+- :class:`MultiHeadSelfAttention`: AutoInt's interacting layer (Song et al., CIKM 2019) over fields.
 """
 
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
@@ -136,3 +145,215 @@ class CrossNetV2(nn.Module):
         for layer in self.layers:
             x = layer(x0, x, cond)  # (B, d)
         return x
+
+
+def _linear_no_bias(in_features: int, out_features: int) -> nn.Module:
+    """The static ``x^T w`` of DCN eq. 3: a bias-free :class:`Linear` (``forward(x, cond)``)."""
+    return Linear(in_features, out_features, bias=False)
+
+
+class CrossLayerV1(nn.Module):
+    """One DCN cross layer (Wang et al., "Deep & Cross Network for Ad Click Predictions", ADKDD 2017), eq. 3::
+
+        x_{l+1} = x_0 x_l^T w_l + b_l + x_l,      w_l, b_l in R^d
+
+    ``x_0 x_l^T w_l`` is ``x_0`` scaled by the scalar ``x_l^T w_l``, so a layer costs O(d), not O(d^2).
+    The scalar is one module made by ``layer(d, 1)`` and called as ``w(x_l, cond) -> (B, 1)``; the default
+    is a bias-free static projection (exactly eq. 3). This is the seam where a later change generates
+    ``w_l`` from the condition (a module returning ``sum(x_l * w_l(cond))``) without touching this class.
+    """
+
+    def __init__(self, *, input_dim: int, layer: LayerFactory = _linear_no_bias) -> None:
+        super().__init__()
+        if input_dim <= 0:
+            raise ValueError(f"CrossLayerV1 needs input_dim > 0, got {input_dim}")
+        self.w = layer(input_dim, 1)  # x_l^T w_l, adaptive interface forward(x, cond) -> (B, 1)
+        self.b = nn.Parameter(torch.zeros(input_dim))  # b_l
+
+    def forward(self, x0: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return x0 * self.w(x, cond) + self.b + x  # (B, d) * (B, 1) + (d,) + (B, d) -> (B, d)
+
+
+class CrossNet(nn.Module):
+    """A stack of ``num_layers`` :class:`CrossLayerV1` (DCN eq. 3): (B, d) -> (B, d)."""
+
+    def __init__(self, *, input_dim: int, num_layers: int, layer: LayerFactory = _linear_no_bias) -> None:
+        super().__init__()
+        if num_layers <= 0:
+            raise ValueError(f"CrossNet needs num_layers > 0, got {num_layers}")
+        self.output_dim = input_dim
+        self.layers = nn.ModuleList(CrossLayerV1(input_dim=input_dim, layer=layer) for _ in range(num_layers))
+
+    def forward(self, x0: Tensor, cond: Tensor | None = None) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = layer(x0, x, cond)  # (B, d)
+        return x
+
+
+class InnerProduct(nn.Module):
+    """IPNN's product signals (Qu et al., "Product-based Neural Networks for User Response Prediction",
+    ICDM 2016, Sec. III-B): ``p_{i,j} = <f_i, f_j>`` for every pair ``i < j``, (B, F, D) -> (B, F(F-1)/2).
+
+    The pairs are in row-major order (0,1), (0,2), ..., (1,2), .... The weights ``W_p^n`` of ``l_p`` (eq. 3)
+    are the next dense layer's, as in the authors' released code (``PNN1``); the paper's rank-1 reduction
+    ``W_p^n = θ^n θ^n^T`` is a complexity trade-off that this block leaves to the layer that follows.
+
+    >>> f = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])  # (1, 3, 2)
+    >>> InnerProduct(num_fields=3)(f)  # <f1,f2>, <f1,f3>, <f2,f3>
+    tensor([[11., 17., 39.]])
+    """
+
+    def __init__(self, *, num_fields: int) -> None:
+        super().__init__()
+        if num_fields <= 0:
+            raise ValueError(f"InnerProduct needs num_fields > 0, got {num_fields}")
+        row, col = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("row", row, persistent=False)  # (P,)
+        self.register_buffer("col", col, persistent=False)  # (P,)
+        self.output_dim = num_fields * (num_fields - 1) // 2
+
+    def forward(self, emb: Tensor) -> Tensor:
+        gram = emb @ emb.transpose(1, 2)  # (B, F, F): <f_i, f_j>
+        return gram[:, self.row, self.col]  # (B, P)
+
+
+class OuterProduct(nn.Module):
+    """OPNN's product signal with the superposition trick (Qu et al., ICDM 2016, Sec. III-C):
+
+        p = sum_i sum_j f_i f_j^T = f_Σ f_Σ^T,    f_Σ = sum_i f_i,          (B, F, D) -> (B, D*D)
+
+    which cuts the cost of ``l_p`` from O(D_1 M^2 N^2) to O(D_1 M (M + N)). ``l_p^n = W_p^n ⊙ p`` with an
+    M x M kernel ``W_p^n`` per unit is a linear map of ``vec(p)``: the next dense layer holds the kernels,
+    as in the authors' released code (``PNN2``: ``matmul(p, k1)`` inside the first layer).
+
+    >>> f = torch.tensor([[[1.0, 0.0], [1.0, 2.0]]])  # (1, 2, 2): f_Σ = (2, 2)
+    >>> OuterProduct(embedding_dim=2)(f)  # vec of [[4, 4], [4, 4]]
+    tensor([[4., 4., 4., 4.]])
+    """
+
+    def __init__(self, *, embedding_dim: int) -> None:
+        super().__init__()
+        if embedding_dim <= 0:
+            raise ValueError(f"OuterProduct needs embedding_dim > 0, got {embedding_dim}")
+        self.output_dim = embedding_dim * embedding_dim
+
+    def forward(self, emb: Tensor) -> Tensor:
+        s = emb.sum(dim=1)  # (B, D): f_Σ
+        return (s.unsqueeze(2) * s.unsqueeze(1)).flatten(1)  # (B, D, D) -> (B, D*D)
+
+
+class SENet(nn.Module):
+    """FiBiNET's SENET layer (Huang et al., "FiBiNET: Combining Feature Importance and Bilinear feature
+    Interaction for Click-Through Rate Prediction", RecSys 2019), (B, F, D) -> (B, F, D)::
+
+        squeeze     z_i = mean_t e_i^(t)                            Z in R^F
+        excitation  A = σ_2(W_2 σ_1(W_1 Z)),  W_1: F -> F/r,  W_2: F/r -> F
+        re-weight   V = [a_1 e_1, ..., a_F e_F]
+
+    Mean pooling (not the max pooling of the image SENet) as in the paper; ``σ_1 = σ_2 = ReLU`` and no
+    biases, as in the DeepCTR and FuxiCTR implementations. The reduced width is ``max(1, F // r)``.
+    """
+
+    def __init__(self, *, num_fields: int, reduction_ratio: int = 3) -> None:
+        super().__init__()
+        if num_fields <= 0 or reduction_ratio <= 0:
+            raise ValueError(f"SENet needs num_fields > 0 and reduction_ratio > 0, "
+                             f"got {num_fields}, {reduction_ratio}")
+        reduced = max(1, num_fields // reduction_ratio)
+        self.W1 = nn.Linear(num_fields, reduced, bias=False)
+        self.W2 = nn.Linear(reduced, num_fields, bias=False)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        Z = emb.mean(dim=2)  # (B, F): squeeze
+        A = torch.relu(self.W2(torch.relu(self.W1(Z))))  # (B, F): excitation
+        return emb * A.unsqueeze(-1)  # (B, F, D): re-weight
+
+
+class BilinearType(str, Enum):
+    FIELD_ALL = "field_all"  # FiBiNET Field-All type: one W shared by all pairs
+    FIELD_EACH = "field_each"  # Field-Each type: one W_i per (left) field
+    FIELD_INTERACTION = "field_interaction"  # Field-Interaction type: one W_ij per pair
+
+
+class BilinearInteraction(nn.Module):
+    """FiBiNET's bilinear-interaction layer (Huang et al., RecSys 2019), (B, F, D) -> (B, P, D)::
+
+        p_ij = (v_i · W) ⊙ v_j,   i < j,   P = F(F-1)/2 pairs in row-major order
+
+    with ``W`` shared by all pairs (Field-All), one ``W_i`` per field (Field-Each) or one ``W_ij`` per
+    pair (Field-Interaction). Field-Each allocates F-1 matrices: the last field is never
+    the left member ``i`` of a pair, so its ``W_F`` would never be used.
+    """
+
+    def __init__(self, *, num_fields: int, embedding_dim: int,
+                 bilinear_type: BilinearType = BilinearType.FIELD_INTERACTION) -> None:
+        super().__init__()
+        if num_fields < 2 or embedding_dim <= 0:
+            raise ValueError(f"BilinearInteraction needs num_fields >= 2 and embedding_dim > 0, "
+                             f"got {num_fields}, {embedding_dim}")
+        self.bilinear_type = bilinear_type
+        row, col = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("row", row, persistent=False)  # (P,): i of each pair
+        self.register_buffer("col", col, persistent=False)  # (P,): j of each pair
+        n = {BilinearType.FIELD_ALL: 1, BilinearType.FIELD_EACH: num_fields - 1,
+             BilinearType.FIELD_INTERACTION: len(row)}[bilinear_type]
+        D = embedding_dim
+        self.W = nn.Parameter(torch.randn(n, D, D) * math.sqrt(2.0 / (D + D)))  # Xavier normal, like DeepCTR
+        self.output_dim = len(row) * D  # flattened size
+
+    def forward(self, emb: Tensor) -> Tensor:
+        vi, vj = emb[:, self.row], emb[:, self.col]  # (B, P, D) each
+        if self.bilinear_type is BilinearType.FIELD_ALL:
+            vW = vi @ self.W[0]  # (B, P, D): v_i · W
+        elif self.bilinear_type is BilinearType.FIELD_EACH:
+            vW = torch.einsum("bpd,pde->bpe", vi, self.W[self.row])  # (B, P, D): v_i · W_i
+        else:
+            vW = torch.einsum("bpd,pde->bpe", vi, self.W)  # (B, P, D): v_i · W_ij
+        return vW * vj  # (B, P, D)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """AutoInt's interacting layer (Song et al., "AutoInt: Automatic Feature Interaction Learning via
+    Self-Attentive Neural Networks", CIKM 2019): multi-head self-attention over the F fields,
+    (B, F, d) -> (B, F, H d')::
+
+        ψ^(h)(e_m, e_k) = <W_Q^(h) e_m, W_K^(h) e_k>                                   (eq. 6)
+        α^(h)_{m,k} = softmax_k ψ^(h)(e_m, e_k)                                          (eq. 5)
+        ẽ_m^(h) = sum_k α^(h)_{m,k} W_V^(h) e_k                                          (eq. 7)
+        ẽ_m = ẽ_m^(1) ⊕ ... ⊕ ẽ_m^(H)                                                    (eq. 8)
+        e_m^Res = ReLU(ẽ_m + W_Res e_m)                                                  (eq. 9)
+
+    ``W_Q, W_K, W_V: d -> d'`` per head (stored stacked, d -> H d') and ``W_Res: d -> H d'``, all without
+    bias as in the paper. ψ is the plain inner product of eq. 6; ``scaled=True`` divides it by ``sqrt(d')``
+    (the Transformer's scaled dot product, used by DIFM's vector-wise part). ``residual=False`` drops the
+    ``W_Res e_m`` term.
+    """
+
+    def __init__(self, *, input_dim: int, head_dim: int, heads: int, scaled: bool = False,
+                 residual: bool = True) -> None:
+        super().__init__()
+        if input_dim <= 0 or head_dim <= 0 or heads <= 0:
+            raise ValueError(f"MultiHeadSelfAttention needs input_dim, head_dim, heads > 0, "
+                             f"got {input_dim}, {head_dim}, {heads}")
+        self.heads, self.head_dim, self.scaled = heads, head_dim, scaled
+        self.output_dim = heads * head_dim
+        self.W_Q = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_K = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_V = nn.Linear(input_dim, self.output_dim, bias=False)
+        self.W_Res = nn.Linear(input_dim, self.output_dim, bias=False) if residual else None
+
+    def forward(self, e: Tensor) -> Tensor:
+        B, F = e.shape[0], e.shape[1]
+        H, d = self.heads, self.head_dim
+        Q = self.W_Q(e).view(B, F, H, d).transpose(1, 2)  # (B, H, F, d')
+        K = self.W_K(e).view(B, F, H, d).transpose(1, 2)  # (B, H, F, d')
+        V = self.W_V(e).view(B, F, H, d).transpose(1, 2)  # (B, H, F, d')
+        psi = Q @ K.transpose(2, 3)  # (B, H, F, F): ψ(e_m, e_k)
+        if self.scaled:
+            psi = psi / math.sqrt(d)
+        alpha = torch.softmax(psi, dim=-1)  # (B, H, F, F): over k
+        out = (alpha @ V).transpose(1, 2).reshape(B, F, H * d)  # (B, F, H d'): heads concatenated
+        if self.W_Res is not None:
+            out = out + self.W_Res(e)
+        return torch.relu(out)  # (B, F, H d')

@@ -20,7 +20,7 @@ from torch import nn
 from adactr import __version__
 from adactr.config import override, to_dict
 from adactr.data.schema import Schema
-from adactr.data.tensors import DeviceSplit, SplitArrays
+from adactr.data.tensors import SplitArrays
 from adactr.errors import AdactrError, DataError
 from adactr.models.registry import build_model
 from adactr.train import checkpoint

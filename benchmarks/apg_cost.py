@@ -1,0 +1,196 @@
+"""APG efficiency: the paper's Table 5 (time and memory of v1..v4 vs Base) and the serving cost of v5.
+
+    python benchmarks/apg_cost.py table5 --device cpu            # Table 5 on this CPU
+    python benchmarks/apg_cost.py table5 --device cuda           # ... on a GPU (the paper's setting)
+    python benchmarks/apg_cost.py serving --device cpu           # Base vs v5 training form vs v5 collapsed
+
+table5: an MLP tower with input width 393 and hidden sizes [64,32,16] .. [1024,512,256], every hidden layer
+static (Base) or APG v1..v5 with K = 4, self-wise condition (z = the layer's own input; the paper does
+not say which condition its Table 5 used, and self-wise needs no extra input). Same random batches for
+every variant, all in one run. Time = one training step (forward, backward, Adam), median of --reps.
+Memory = the hidden layers' parameters + the activations autograd saves for backward (counted with
+saved-tensor hooks, so it means the same on CPU and GPU); on CUDA also the step's peak allocation.
+
+serving: DeepFM with the tower [400, 400, 400] on Frappe-sized fields (10 fields, 5,382 values),
+no-grad forward latency per batch at batch sizes 1, 256, 4096: Base, APG v5 in its training form
+(U = U^l U^r recomputed per call) and APG v5 collapsed by ``for_inference()`` (U, V stored once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adactr.data.schema import FieldLayout, Pooling
+from adactr.data.tensors import Batch
+from adactr.models.config import ModelConfig, TowerLayer
+from adactr.models.registry import build_model
+from adactr.nn.apg import APGConfig, APGVersion, ConditionMode, apg_layer_factory
+from adactr.nn.mlp import MLP, Linear
+
+SIZES = [(64, 32, 16), (128, 64, 32), (256, 128, 64), (512, 256, 128), (1024, 512, 256)]
+VARIANTS = ["base", "v1", "v2", "v3", "v4", "v5"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _tower(variant: str, hidden: tuple[int, ...], width: int) -> MLP:
+    if variant == "base":
+        layer = Linear
+    else:
+        cfg = APGConfig(version=APGVersion(variant), rank=4, condition=ConditionMode.SELF)
+        layer = apg_layer_factory(cfg, cond_dim=0)
+    return MLP(input_dim=width, hidden=hidden, output_dim=1, layer=layer)
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward pass (activations)."""
+    total, seen = 0, set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen and not isinstance(t, nn.Parameter):
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def table5(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    width, B = 393, args.batch
+    x = torch.randn(B, width, device=device)
+    y = (torch.rand(B, device=device) < 0.3).float()
+    print(f"Table 5 (input {width}, K = 4, batch {B}, self-wise condition, {device}, median of {args.reps} steps)")
+    print("| hidden | " + " | ".join(f"{v} time ms (Δ%)" for v in VARIANTS) + " | "
+          + " | ".join(f"{v} memory MB (Δ%)" for v in VARIANTS) + " |")
+    print("|---" * (1 + 2 * len(VARIANTS)) + "|")
+    for hidden in SIZES:
+        times, mems = {}, {}
+        for v in VARIANTS:
+            if v in args.skip.split(","):
+                continue
+            torch.manual_seed(0)
+            model = _tower(v, hidden, width).to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+            step = partial(_train_step, model, opt, x, y)
+            times[v] = _median_seconds(step, device, args.reps, args.warmup) * 1e3
+            param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            mem = param_bytes + _saved_bytes(model, x, y)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                step()
+                _sync(device)
+                mem_peak = torch.cuda.max_memory_allocated(device) - base
+                mems[v] = (mem / 2**20, mem_peak / 2**20)
+            else:
+                mems[v] = (mem / 2**20, None)
+            del model, opt, step
+        bt, bm = times["base"], mems["base"][0]
+        cells_t = [f"{times[v]:.2f}" + ("" if v == "base" else f" ({100 * (times[v] / bt - 1):+.1f}%)")
+                   if v in times else "-" for v in VARIANTS]
+        cells_m = []
+        for v in VARIANTS:
+            if v not in mems:
+                cells_m.append("-")
+                continue
+            m, peak = mems[v]
+            cell = f"{m:.2f}" + ("" if v == "base" else f" ({100 * (m / bm - 1):+.1f}%)")
+            if peak is not None:
+                cell += f" [peak {peak:.1f}]"
+            cells_m.append(cell)
+        print(f"| {list(hidden)} | " + " | ".join(cells_t) + " | " + " | ".join(cells_m) + " |", flush=True)
+
+
+def _frappe_like_batch(B: int, device: torch.device) -> tuple[FieldLayout, Batch]:
+    sizes = (959, 4084, 9, 9, 4, 5, 4, 11, 82, 215)  # Frappe_x1's vocabularies (+ the 2 reserved slots)
+    layout = FieldLayout(names=tuple(f"f{i}" for i in range(len(sizes))), cat_sizes=sizes, n_num=0,
+                         seq_sizes=(), seq_pooling=tuple[Pooling, ...]())
+    g = torch.Generator().manual_seed(0)
+    cat = torch.stack([torch.randint(0, s, (B,), generator=g) for s in sizes], dim=1).to(device)
+    batch = Batch(cat=cat, num=torch.zeros(B, 0, device=device), seq=(), label=torch.zeros(B, device=device))
+    return layout, batch
+
+
+def serving(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    print(f"Serving latency, DeepFM [400,400,400] on Frappe-sized fields, {device}, no-grad forward, "
+          f"median of {args.reps} calls (ms per batch)")
+    print("| batch | Base | APG v5 training form | APG v5 collapsed | collapsed vs training form | "
+          "collapsed vs Base |")
+    print("|---|---|---|---|---|---|")
+    for B in (1, 256, 4096):
+        layout, batch = _frappe_like_batch(B, device)
+        res = {}
+        for name in ("base", "v5", "v5-collapsed"):
+            torch.manual_seed(0)
+            cfg = ModelConfig() if name == "base" else ModelConfig(tower_layer=TowerLayer.APG,
+                                                                   apg=APGConfig(version=APGVersion.V5))
+            model = build_model("deepfm", layout=layout, config=cfg).to(device).eval()
+            if name == "v5-collapsed":
+                model = model.for_inference().eval()
+            with torch.no_grad():
+                res[name] = _median_seconds(partial(model, batch), device, args.reps, args.warmup) * 1e3
+        vs_train = 100 * (res["v5-collapsed"] / res["v5"] - 1)
+        vs_base = 100 * (res["v5-collapsed"] / res["base"] - 1)
+        print(f"| {B} | {res['base']:.3f} | {res['v5']:.3f} | {res['v5-collapsed']:.3f} | {vs_train:+.1f}% | "
+              f"{vs_base:+.1f}% |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["table5", "serving"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=1024, help="table5: batch size")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip", default="", help="table5: variants to leave out, e.g. v1")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (table5 if args.what == "table5" else serving)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,399 @@
+"""APG: an instance-adaptive linear layer (Yan et al., "APG: Adaptive Parameter Generation Network for
+Click-Through Rate Prediction", NeurIPS 2022, Section 3).
+
+A static layer computes ``y = W x + b`` with one ``W`` (N x M) for every instance. APG generates the
+weights of instance ``i`` from a condition ``z_i`` with a generator network ``G`` (Section 3.1.2)::
+
+    v1  W_i = reshape(G(z_i))                           y = W_i x                eqs. (1)-(2)
+    v2  U_i, S_i, V_i = reshape(G(z_i))                 y = (U_i S_i V_i) x       eq. (3)
+    v3  same generated U_i, S_i, V_i                    y = U_i (S_i (V_i x))     eq. (4)
+    v4  S_i = reshape(G(z_i)); U, V shared, learned     y = U (S_i (V x))         eqs. (5)-(6)
+    v5  v4 with U = U^l U^r, V = V^l V^r (inner size P) y = U (S_i (V x))         eq. (7)
+
+    shapes: x (M,)  y (N,)  U (N, K)  S (K, K)  V (K, M)  U^l (N, P)  U^r (P, K)  V^l (K, P)  V^r (P, M)
+
+v2 and v3 are the same function (v3 only avoids reconstructing ``W_i``); v5 is trained with the
+factors and *served* as v4: :meth:`APGLinear.collapse` multiplies ``U^l U^r`` and ``V^l V^r`` once and
+returns a v4 layer with those products as its ``U`` and ``V`` ("No Additional Inference Latency and
+Memory Cost", Section 3.2).
+
+The condition ``z_i`` (Section 3.1.1) is built once per batch by :class:`APGCondition` and handed to
+every APG layer of the model (the ``cond`` of the adaptive interface ``forward(x, cond)``)::
+
+    group       z = [e_f1; e_f2; ...]  the embeddings of ``condition_fields``          (B, k D)
+    mix_input   z = agg_j(e_j)         concat (B, k D) / mean (B, D) / attention (B, D)
+    mix_output  z = stack_j(e_j)       (B, k, D): layer j-th APG gets e_j, outputs aggregated
+    self        z = x                  the layer's own input; the builder returns None
+
+Choices the paper leaves open (the appendix is not part of the text we implement from):
+
+- ``G`` is an MLP with ``generator_hidden`` hidden layers (ReLU); the default ``()`` is the single
+  perceptron layer the paper uses for its complexity analysis (Section 3.3). The output layer's bias
+  starts at a LeCun-scaled draw of the generated matrices and its weight at the same scale divided by
+  ``sqrt(fan_in)``: at initialisation the layer is a static low-rank layer plus an instance-dependent
+  perturbation of the same order, whatever the condition's scale.
+- The bias: eq. (2) has none. ``generate_bias=False`` keeps one static learned ``b`` (N,) (as
+  ``nn.Linear``); ``True`` generates ``b_i`` with the other parameters.
+- Mix-wise output aggregation ("feeds different z^j into different APG and obtains W^j ... then the
+  aggregation is applied to these adaptive parameters"): :class:`APGMixOutput` holds one complete APG
+  per condition embedding (its own generator and, for v4/v5, its own shared U, V). Aggregating the
+  parameters and aggregating the outputs are the same thing because every branch is linear in x:
+  ``mean``: W_i = mean_j W_i^j, y = mean_j y^j; ``attention``: W_i = sum_j a_ij W_i^j with
+  ``a_i = softmax_j(h^T tanh(A z_i^j + c))`` (AFM-style pooling scored on the conditions, so the mixed
+  W_i depends on the conditions only, as a generated parameter should); ``concat``: the k weights are
+  stacked into a (k N) x M matrix and a learned static ``W_o`` (N x k N) maps back to N outputs,
+  W_i = W_o [W_i^0; ...; W_i^{k-1}], i.e. ``y = W_o [y^0; ...; y^{k-1}]``.
+- Mix-wise input ``attention``: the same pooling, ``z_i = sum_j a_ij e_j``.
+- Mix-wise conditions use ``condition_fields`` when given, else every field.
+
+>>> cfg = APGConfig(version=APGVersion.V5, rank=2, overparam_dim=8, condition=ConditionMode.GROUP,
+...                 condition_fields=("user",))
+>>> layer = APGLinear(6, 3, config=cfg, cond_dim=4)
+>>> x, z = torch.randn(5, 6), torch.randn(5, 4)
+>>> layer(x, z).shape
+torch.Size([5, 3])
+>>> torch.allclose(layer.collapse()(x, z), layer(x, z), atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from adactr.data.schema import FieldLayout
+from adactr.data.tensors import Batch
+from adactr.errors import AdactrError, ConfigError
+from adactr.nn.mlp import MLP, LayerFactory
+
+
+class APGVersion(str, Enum):
+    V1 = "v1"  # basic: W_i generated, eqs. (1)-(2)
+    V2 = "v2"  # low-rank: U_i, S_i, V_i generated, W_i reconstructed, eq. (3)
+    V3 = "v3"  # decomposed feed-forward: U_i(S_i(V_i x)), eq. (4)
+    V4 = "v4"  # parameter sharing: U, V shared, S_i generated, eqs. (5)-(6)
+    V5 = "v5"  # over-parameterisation: U = U^l U^r, V = V^l V^r, eq. (7); served as v4
+
+
+class ConditionMode(str, Enum):
+    GROUP = "group"  # z = the chosen fields' embeddings, concatenated
+    MIX_INPUT = "mix_input"  # z = aggregate of several field embeddings, then one APG
+    MIX_OUTPUT = "mix_output"  # one APG per field embedding, outputs (= parameters) aggregated
+    SELF = "self"  # z = the layer's own input
+
+
+class Aggregation(str, Enum):
+    CONCAT = "concat"
+    MEAN = "mean"
+    ATTENTION = "attention"
+
+
+@dataclass(frozen=True)
+class APGConfig:
+    """APG hyper-parameters (``model.apg.*``)."""
+
+    version: APGVersion = APGVersion.V5  # the full APG; best of the ablation (Table 4)
+    rank: int = 4  # K: the efficiency study's setting (Section 4.4, "we set K = 4")
+    # P, v5 only. The paper asks P >> K and gives no value; 32 = 8 K adds N P + P K shared parameters per
+    # factor (13k for N = 400) to v4's N K (1.6k), still far below a static 400 x 400 layer (160k).
+    overparam_dim: int = 32
+    # hidden sizes of the generator G; () = the single perceptron layer of the complexity analysis (3.3)
+    generator_hidden: tuple[int, ...] = ()
+    generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
+    # self-wise needs no prior knowledge of the data (3.1.1), so it works on any dataset by default
+    condition: ConditionMode = ConditionMode.SELF
+    aggregation: Aggregation = Aggregation.CONCAT  # mix-wise only
+    condition_fields: tuple[str, ...] = ()  # group: required; mix-wise: () = every field; self: unused
+
+    def __post_init__(self) -> None:
+        # single-key checks only: a config file and --set are applied one after the other, so the
+        # cross-key checks wait for :meth:`check`, run when a model is built
+        if self.rank < 1:
+            raise ConfigError(f"apg.rank (K) must be >= 1, got {self.rank}")
+        if self.overparam_dim < 1:
+            raise ConfigError(f"apg.overparam_dim (P) must be >= 1, got {self.overparam_dim}")
+        if any(h < 1 for h in self.generator_hidden):
+            raise ConfigError(f"apg.generator_hidden sizes must be >= 1, got {list(self.generator_hidden)}")
+
+    def check(self) -> None:
+        """The checks that involve several keys (ConfigError naming the key)."""
+        if self.version is APGVersion.V5 and self.overparam_dim < self.rank:
+            raise ConfigError(f"apg.overparam_dim (P) = {self.overparam_dim} is below apg.rank (K) = "
+                              f"{self.rank}: over-parameterisation (eq. 7) needs P >= K (P >> K)")
+        dupes = sorted({f for f in self.condition_fields if self.condition_fields.count(f) > 1})
+        if dupes:
+            raise ConfigError(f"apg.condition_fields lists {dupes[0]!r} twice")
+        if self.condition is ConditionMode.GROUP and not self.condition_fields:
+            raise ConfigError("apg.condition=group needs apg.condition_fields (the fields naming the group)")
+        if self.condition is ConditionMode.SELF and self.condition_fields:
+            raise ConfigError("apg.condition_fields is not used by apg.condition=self (the condition is the "
+                              "layer's input); use group, mix_input or mix_output")
+        if self.condition in (ConditionMode.GROUP, ConditionMode.SELF) and \
+                self.aggregation is not Aggregation.CONCAT:
+            raise ConfigError(f"apg.aggregation={self.aggregation.value} applies to mix_input / mix_output "
+                              f"conditions only, not to apg.condition={self.condition.value}")
+
+
+# ---- building blocks ---------------------------------------------------------------------------------
+
+class AttentionWeights(nn.Module):
+    """``a_j = softmax_j(h^T tanh(A z_j + c))``: (B, k, D) -> (B, k) weights summing to 1 over j.
+
+    The attention pooling of AFM (Xiao et al., IJCAI 2017, eq. 4), tanh instead of ReLU so that no
+    score is dead at initialisation; attention size = D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)  # A, c
+        self.h = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        scores = torch.tanh(self.proj(z)) @ self.h  # (B, k)
+        return torch.softmax(scores, dim=-1)  # (B, k)
+
+
+class ParameterGenerator(nn.Module):
+    """``G`` of eqs. (1), (3), (5): z (B, Dz) -> one (B, *shape) tensor per generated matrix.
+
+    An :class:`MLP` whose output layer emits the flattened matrices. Output row ``r`` starts with bias
+    ``std_r * N(0, 1)`` (the static part: a LeCun draw of that matrix) and weights
+    ``std_r * N(0, 1) / sqrt(fan_in)`` (the instance-dependent part).
+    """
+
+    def __init__(self, *, cond_dim: int, hidden: Sequence[int], shapes: Sequence[tuple[int, ...]],
+                 stds: Sequence[float]) -> None:
+        super().__init__()
+        self.shapes = [tuple(s) for s in shapes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.net = MLP(input_dim=cond_dim, hidden=tuple(hidden), output_dim=sum(self.sizes))
+        out = self.net.out
+        assert out is not None
+        row_std = torch.cat([torch.full((n,), float(s)) for n, s in zip(self.sizes, stds, strict=True)])
+        with torch.no_grad():
+            out.bias.copy_(torch.randn(sum(self.sizes)) * row_std)
+            out.weight.copy_(torch.randn_like(out.weight) * (row_std / math.sqrt(out.in_features))[:, None])
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        flat = self.net(z)  # (B, sum of sizes)
+        B = flat.shape[0]
+        return [p.reshape(B, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes, strict=True)]
+
+
+# ---- the layer ---------------------------------------------------------------------------------------
+
+class APGLinear(nn.Module):
+    """One APG layer, M = ``in_features`` -> N = ``out_features``: ``forward(x (B, M), cond) -> (B, N)``.
+
+    ``cond`` is ``z`` (B, ``cond_dim``); with ``config.condition = self`` it is ignored and ``z = x``.
+    Versions v1..v5 as in the module docstring (eqs. 1-7). In ``mix_output`` mode this is one of the k
+    branches of :class:`APGMixOutput` and takes one condition embedding.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, config: APGConfig, cond_dim: int = 0) -> None:
+        super().__init__()
+        config.check()
+        M, N, K, P = in_features, out_features, config.rank, config.overparam_dim
+        self.self_wise = config.condition is ConditionMode.SELF
+        Dz = M if self.self_wise else cond_dim
+        if M < 1 or N < 1 or Dz < 1:
+            raise ValueError(f"APGLinear needs in, out and condition sizes >= 1; got {M}, {N}, {Dz}")
+        self.in_features, self.out_features, self.cond_dim = M, N, cond_dim
+        self.config, self.version = config, config.version
+        v = config.version
+        shapes: list[tuple[int, ...]]
+        # Each factor is drawn with the LeCun variance of its own fan-in (V: M, S: K, U: K, U^l / V^l: P),
+        # so that U S V x has the scale of a LeCun-initialised W x.
+        if v is APGVersion.V1:
+            shapes, stds = [(N, M)], [1 / math.sqrt(M)]  # W_i
+        elif v in (APGVersion.V2, APGVersion.V3):
+            shapes, stds = [(N, K), (K, K), (K, M)], [1 / math.sqrt(K), 1 / math.sqrt(K), 1 / math.sqrt(M)]
+        else:
+            shapes, stds = [(K, K)], [1 / math.sqrt(K)]  # S_i
+        if config.generate_bias:
+            shapes, stds = [*shapes, (N,)], [*stds, 1 / math.sqrt(M)]  # b_i
+        self.generator = ParameterGenerator(cond_dim=Dz, hidden=config.generator_hidden, shapes=shapes,
+                                            stds=stds)
+        if v is APGVersion.V4:
+            self.U = nn.Parameter(torch.randn(N, K) / math.sqrt(K))  # shared U (N, K)
+            self.V = nn.Parameter(torch.randn(K, M) / math.sqrt(M))  # shared V (K, M)
+        elif v is APGVersion.V5:
+            self.U_l = nn.Parameter(torch.randn(N, P) / math.sqrt(P))  # U^l (N, P)
+            self.U_r = nn.Parameter(torch.randn(P, K) / math.sqrt(K))  # U^r (P, K)
+            self.V_l = nn.Parameter(torch.randn(K, P) / math.sqrt(P))  # V^l (K, P)
+            self.V_r = nn.Parameter(torch.randn(P, M) / math.sqrt(M))  # V^r (P, M)
+        self.bias = None if config.generate_bias else nn.Parameter(torch.zeros(N))  # static b (N,)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"version={self.version.value}, K={self.config.rank}"
+                + (f", P={self.config.overparam_dim}" if self.version is APGVersion.V5 else "")
+                + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}"))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        z = x if self.self_wise else cond  # (B, Dz)
+        if z is None:
+            raise AdactrError(f"this APG layer is {self.config.condition.value}-wise and needs a condition; "
+                              "the model gave none (is model.condition set?)")
+        gen = self.generator(z)
+        b = gen.pop() if self.config.generate_bias else self.bias  # (B, N) or (N,)
+        v = self.version
+        if v is APGVersion.V1:
+            (W,) = gen  # (B, N, M)
+            y = torch.bmm(W, x.unsqueeze(-1)).squeeze(-1)  # eq. (2): W_i x_i, (B, N)
+        elif v is APGVersion.V2:
+            U, S, V = gen  # (B, N, K), (B, K, K), (B, K, M)
+            W = torch.bmm(torch.bmm(U, S), V)  # eq. (3): W_i = U_i S_i V_i reconstructed, (B, N, M)
+            y = torch.bmm(W, x.unsqueeze(-1)).squeeze(-1)  # (B, N)
+        elif v is APGVersion.V3:
+            U, S, V = gen
+            h = torch.bmm(V, x.unsqueeze(-1))  # eq. (4): V_i x_i, (B, K, 1)
+            h = torch.bmm(S, h)  # S_i (V_i x_i), (B, K, 1)
+            y = torch.bmm(U, h).squeeze(-1)  # U_i (S_i (V_i x_i)), (B, N)
+        else:
+            (S,) = gen  # (B, K, K)
+            if v is APGVersion.V4:
+                U, V = self.U, self.V
+            else:
+                # eq. (7), training form: one (N,P)x(P,K) and one (K,P)x(P,M) product per call, shared by
+                # the batch; the served form (collapse) stores these products instead
+                U, V = self.U_l @ self.U_r, self.V_l @ self.V_r  # (N, K), (K, M)
+            h = x @ V.T  # eq. (6): V x_i, (B, K)
+            h = torch.bmm(S, h.unsqueeze(-1)).squeeze(-1)  # S_i (V x_i), (B, K)
+            y = h @ U.T  # U (S_i (V x_i)), (B, N)
+        return y if b is None else y + b
+
+    def collapse(self) -> APGLinear:
+        """The served form: a v5 layer becomes the v4 layer with ``U = U^l U^r``, ``V = V^l V^r``.
+
+        The products are computed here, once; the returned layer has parameters ``U``, ``V`` and no
+        ``U_l``/``U_r``/``V_l``/``V_r``, and gives the same outputs. ``self`` is not changed. Other
+        versions are already their served form and are returned as they are.
+        """
+        if self.version is not APGVersion.V5:
+            return self
+        served = APGLinear(self.in_features, self.out_features,
+                           config=replace(self.config, version=APGVersion.V4), cond_dim=self.cond_dim)
+        ref = self.U_l
+        served.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            served.generator.load_state_dict(self.generator.state_dict())
+            served.U.copy_(self.U_l @ self.U_r)  # (N, K)
+            served.V.copy_(self.V_l @ self.V_r)  # (K, M)
+            if self.bias is not None and served.bias is not None:
+                served.bias.copy_(self.bias)
+        served.train(self.training)
+        return served
+
+
+class APGMixOutput(nn.Module):
+    """Mix-wise output aggregation (Section 3.1.1): one :class:`APGLinear` per condition embedding.
+
+    ``forward(x (B, M), cond (B, k, D)) -> (B, N)``: branch j generates its parameters from
+    ``cond[:, j]``; the k outputs are aggregated by concat -> static linear, mean or attention (see the
+    module docstring for why this is the paper's aggregation of the parameters W_i^j).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, config: APGConfig, cond_dim: int,
+                 n_conditions: int) -> None:
+        super().__init__()
+        if n_conditions < 1:
+            raise ValueError(f"APGMixOutput needs n_conditions >= 1, got {n_conditions}")
+        self.in_features, self.out_features, self.n_conditions = in_features, out_features, n_conditions
+        self.aggregation = config.aggregation
+        self.branches = nn.ModuleList(APGLinear(in_features, out_features, config=config, cond_dim=cond_dim)
+                                      for _ in range(n_conditions))
+        k, N = n_conditions, out_features
+        # W_o: maps the stacked k outputs back to N (concat only)
+        self.project = nn.Linear(k * N, N, bias=False) if self.aggregation is Aggregation.CONCAT else None
+        self.attention = AttentionWeights(cond_dim) if self.aggregation is Aggregation.ATTENTION else None
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is None or cond.dim() != 3 or cond.shape[1] != self.n_conditions:
+            got = None if cond is None else tuple(cond.shape)
+            raise AdactrError(f"mix_output APG needs a (B, {self.n_conditions}, D) condition, got {got}")
+        ys = torch.stack([b(x, cond[:, j]) for j, b in enumerate(self.branches)], dim=1)  # (B, k, N): y^j
+        if self.project is not None:
+            return self.project(ys.flatten(1))  # W_o [y^0; ...; y^{k-1}], (B, N)
+        if self.attention is not None:
+            a = self.attention(cond)  # (B, k)
+            return (a.unsqueeze(-1) * ys).sum(dim=1)  # sum_j a_j y^j, (B, N)
+        return ys.mean(dim=1)  # (B, N)
+
+
+def apg_layer_factory(config: APGConfig, cond_dim: int, *, n_conditions: int = 1) -> LayerFactory:
+    """A :data:`LayerFactory` making APG layers for the condition that :class:`APGCondition` builds.
+
+    ``cond_dim`` and ``n_conditions`` are :attr:`APGCondition.dim` and :attr:`APGCondition.n_conditions`
+    (``cond_dim`` is ignored for self-wise layers).
+    """
+    config.check()
+
+    def make(in_features: int, out_features: int) -> nn.Module:
+        if config.condition is ConditionMode.MIX_OUTPUT:
+            return APGMixOutput(in_features, out_features, config=config, cond_dim=cond_dim,
+                                n_conditions=n_conditions)
+        return APGLinear(in_features, out_features, config=config, cond_dim=cond_dim)
+
+    return make
+
+
+# ---- the condition builder -------------------------------------------------------------------------
+
+class APGCondition(nn.Module):
+    """The condition builder: ``forward(batch, emb (B, F, D)) -> z`` once per batch (Section 3.1.1).
+
+    Returns (B, k D) for group-wise and mix_input concat, (B, D) for mix_input mean / attention,
+    (B, k, D) for mix_output and ``None`` for self-wise (each layer uses its own input).
+    :attr:`dim` and :attr:`n_conditions` are what :func:`apg_layer_factory` needs.
+    """
+
+    def __init__(self, *, layout: FieldLayout, config: APGConfig, embedding_dim: int) -> None:
+        super().__init__()
+        config.check()
+        self.mode, self.aggregation = config.condition, config.aggregation
+        names = config.condition_fields
+        if self.mode in (ConditionMode.MIX_INPUT, ConditionMode.MIX_OUTPUT) and not names:
+            names = layout.names
+        idx = []
+        for name in names:
+            try:
+                idx.append(layout.index(name))
+            except AdactrError:
+                raise ConfigError(f"apg.condition_fields: unknown field {name!r}; fields are: "
+                                  f"{', '.join(layout.names)}") from None
+        self.fields = tuple(names)
+        # derived from the config and the layout: not part of the state_dict
+        self.index: Tensor
+        self.register_buffer("index", torch.tensor(idx, dtype=torch.long), persistent=False)  # (k,)
+        k, D = len(idx), embedding_dim
+        self.attention = AttentionWeights(D) if (
+            self.mode is ConditionMode.MIX_INPUT and self.aggregation is Aggregation.ATTENTION) else None
+        if self.mode is ConditionMode.SELF:
+            self.dim, self.n_conditions = 0, 0
+        elif self.mode is ConditionMode.MIX_OUTPUT:
+            self.dim, self.n_conditions = D, k
+        elif self.mode is ConditionMode.MIX_INPUT and self.aggregation is not Aggregation.CONCAT:
+            self.dim, self.n_conditions = D, 1
+        else:
+            self.dim, self.n_conditions = k * D, 1
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode.value}, fields={list(self.fields)}, dim={self.dim}"
+
+    def forward(self, batch: Batch, emb: Tensor) -> Tensor | None:
+        if self.mode is ConditionMode.SELF:
+            return None
+        z = emb.index_select(1, self.index)  # (B, k, D): the condition embeddings z^j
+        if self.mode is ConditionMode.MIX_OUTPUT:
+            return z  # (B, k, D)
+        if self.mode is ConditionMode.MIX_INPUT and self.aggregation is Aggregation.MEAN:
+            return z.mean(dim=1)  # (B, D)
+        if self.attention is not None:
+            return (self.attention(z).unsqueeze(-1) * z).sum(dim=1)  # sum_j a_j z^j, (B, D)
+        return z.flatten(1)  # (B, k D)
