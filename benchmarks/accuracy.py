@@ -29,6 +29,25 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
+             per_model: dict[str, list[str]] | None = None) -> dict[str, list[dict]]:
+    """Train every (model, seed) with the same overrides; the results of each run (metrics.json, no history)."""
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for seed in seeds:
+                cfg = override(RunConfig(), parse_sets([*sets, *(per_model or {}).get(model, []),
+                                                        f"train.seed={seed}", "train.progress=false"]))
+                t0 = time.perf_counter()
+                r = train_run(data=data, model_name=model, out=Path(tmp) / f"{model}-{seed}", config=cfg)
+                r.pop("history", None)
+                results.setdefault(model, []).append(r)
+                print(f"{model} seed {seed}: test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} "
+                      f"epochs {r['epochs']} ({time.perf_counter() - t0:.0f}s, {r['samples_per_second']:.0f}/s)",
+                      file=sys.stderr, flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -47,23 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.model_set:
         name, kv = item.split(":", 1)
         per_model.setdefault(name, []).append(kv)
-    results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
-            for seed in seeds:
-                cfg = override(RunConfig(), parse_sets([*args.set, *per_model.get(model, []),
-                                                        f"train.seed={seed}", "train.progress=false"]))
-                t0 = time.perf_counter()
-                r = train_run(data=args.data, model_name=model, out=Path(tmp) / f"{model}-{seed}", config=cfg)
-                r.pop("history", None)
-                results.setdefault(model, []).append(r)
-                print(f"{model} seed {seed}: test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} "
-                      f"epochs {r['epochs']} ({time.perf_counter() - t0:.0f}s, {r['samples_per_second']:.0f}/s)",
-                      file=sys.stderr, flush=True)
+    results = run_grid(args.data, models, seeds, args.set, per_model)
 
     first = next(iter(results.values()))[0]["test"]
     has_gauc = "gauc" in first
-    domains = [d for d, v in first.get("per_domain", {}).items() if v["count"] > 0]
+    domains = sorted(d for d, v in first.get("per_domain", {}).items() if v["count"] > 0)
     head = ["model", "test AUC", "test LogLoss"] + (["GAUC"] if has_gauc else []) + \
         [f"AUC domain {d}" for d in domains] + ["epochs", "samples/s"]
     print(f"\n{args.label} ({len(seeds)} seeds: {args.seeds}; device {first and results[models[0]][0]['device']})")

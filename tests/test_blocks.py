@@ -172,3 +172,20 @@ def test_cross_net_shapes() -> None:
 def test_cross_net_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CrossNetV2(**kwargs)
+
+
+def test_cpu_gather_backward_equals_nn_embedding() -> None:
+    """FieldEmbedding's CPU lookup (index_add_ backward) gives nn.Embedding's gradient, repeats included."""
+    from adactr.nn.embedding import _GatherRows
+
+    torch.manual_seed(0)
+    table = torch.randn(7, 3, requires_grad=True)
+    idx = torch.tensor([[0, 6, 6], [2, 0, 6]])  # row 6 three times, row 0 twice
+    grad = torch.randn(2, 3, 3)
+    (g_ref,) = torch.autograd.grad(torch.nn.functional.embedding(idx, table), table, grad)
+    (g_new,) = torch.autograd.grad(_GatherRows.apply(table, idx), table, grad)
+    assert torch.equal(_GatherRows.apply(table, idx), table[idx])
+    torch.testing.assert_close(g_new, g_ref)
+    # by hand: row 6 collects grad[0,1] + grad[0,2] + grad[1,2]; row 5 nothing
+    torch.testing.assert_close(g_new[6], grad[0, 1] + grad[0, 2] + grad[1, 2])
+    assert torch.equal(g_new[5], torch.zeros(3))

@@ -78,8 +78,14 @@ def _to_float(df: pl.DataFrame, name: str, *, file: str) -> pl.Series:
     if s.dtype.is_numeric():
         x = s.cast(pl.Float64)
     else:
-        x = s.cast(pl.Utf8).str.strip_chars().cast(pl.Float64, strict=False)
-        bad = s.is_not_null() & (s.cast(pl.Utf8).str.strip_chars() != "") & x.is_null()
+        text = s.cast(pl.Utf8)
+        x = text.cast(pl.Float64, strict=False)
+        bad = s.is_not_null() & x.is_null()
+        if bad.any():
+            # slow path, only when some value did not parse: allow surrounding blanks and blank cells
+            stripped = text.str.strip_chars()
+            x = stripped.cast(pl.Float64, strict=False)
+            bad = s.is_not_null() & (stripped != "") & x.is_null()
         if bad.any():
             row = _first_bad_row(df, bad)
             value = s.filter(bad)[0]

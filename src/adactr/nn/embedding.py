@@ -18,6 +18,29 @@ from adactr.data.schema import FieldLayout, Pooling
 from adactr.data.tensors import Batch
 
 
+class _GatherRows(torch.autograd.Function):
+    """``table[idx]`` whose backward is one ``index_add_`` (CPU only).
+
+    The CPU kernel behind ``nn.Embedding``'s dense backward sorts the indices first: measured 14.1 ms vs
+    6.1 ms for ``index_add_`` on a (4096, 39) batch of a 222k x 10 table (and 6.7 vs 0.6 ms at dim 1), the
+    same sums in the same order. On CUDA ``index_add_`` uses atomics (not reproducible), so CUDA keeps
+    ``nn.Embedding``.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.rows = table.shape[0]
+        return table[idx]  # (*idx.shape, D)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        d = grad.shape[-1]
+        out = grad.new_zeros(ctx.rows, d).index_add_(0, idx.reshape(-1), grad.reshape(-1, d))
+        return out, None
+
+
 class FieldEmbedding(nn.Module):
     """Maps a :class:`Batch` to field embeddings of shape (B, F, D)."""
 
@@ -38,15 +61,22 @@ class FieldEmbedding(nn.Module):
     def n_fields(self) -> int:
         return self.layout.n_fields
 
+    def lookup(self, idx: Tensor) -> Tensor:
+        """Rows of the table for global indices ``idx`` (any shape) -> (*idx.shape, D)."""
+        w = self.table.weight
+        if w.device.type == "cpu" and not self.table.sparse and torch.is_grad_enabled() and w.requires_grad:
+            return _GatherRows.apply(w, idx)
+        return self.table(idx)
+
     def forward(self, batch: Batch) -> Tensor:
         parts = []
         if batch.cat.shape[1]:
-            parts.append(self.table(batch.cat + self.cat_offsets))  # (B, Fc, D)
+            parts.append(self.lookup(batch.cat + self.cat_offsets))  # (B, Fc, D)
         if self.layout.n_num:
             parts.append(batch.num.unsqueeze(-1) * self.num_weight)  # (B, Fn, D)
         for seq, off, use_sum in zip(batch.seq, self.seq_offsets, self.seq_sum, strict=True):
             mask = (seq > 0).unsqueeze(-1)  # (B, L, 1): 0 = padding / missing
-            e = (self.table(seq + off) * mask).sum(1, keepdim=True)  # (B, 1, D)
+            e = (self.lookup(seq + off) * mask).sum(1, keepdim=True)  # (B, 1, D)
             if not use_sum:
                 e = e / mask.sum(1, keepdim=True).clamp(min=1)
             parts.append(e)
