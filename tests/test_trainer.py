@@ -56,3 +56,22 @@ def test_embedding_optimiser_groups(tmp_path, world_data, emb_opt):
         extra += ["--set", "train.embedding_l2=0.01"]
     assert main(["train", "--data", str(world_data), "--out", str(tmp_path / emb_opt), *ARGS, *extra]) == 0
     assert json.loads((tmp_path / emb_opt / "metrics.json").read_text())["test"]["auc"] > 0.5
+
+
+def test_streamed_chunks_when_data_exceeds_the_device_budget(tmp_path, world_data):
+    """Training data bigger than train.max_resident_bytes streams memory-mapped chunks and still learns."""
+    extra = ["--set", "train.max_resident_bytes=1", "--set", "train.chunk_rows=1000"]
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "s"), *ARGS, *extra]) == 0
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert m["test"]["auc"] > 0.55 and len(m["history"]) == 3
+
+
+def test_config_file_and_set_override_it(tmp_path, world_data):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model:\n  hidden: [16]\ntrain:\n  epochs: 1\n  batch_size: 700\n")
+    run = tmp_path / "c"
+    assert main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(run), "--config", str(cfg),
+                 "--set", "train.batch_size=900", "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["model"]["hidden"] == [16] and saved["train"]["epochs"] == 1
+    assert saved["train"]["batch_size"] == 900  # --set wins over the file

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--numerical", help="comma-separated numerical columns")
     pp.add_argument("--sequence", help="comma-separated multi-valued columns (values split on --sep)")
     pp.add_argument("--sep", help="separator inside multi-valued columns (default |)")
+    pp.add_argument("--pooling", choices=["mean", "sum"], help="how multi-valued fields are pooled (default mean)")
     pp.add_argument("--domain", help="domain / scenario column (multi-domain models, per-domain metrics)")
     pp.add_argument("--group", help="group column for GAUC (e.g. user id)")
     pp.add_argument("--ignore", help="comma-separated columns that are not features (e.g. a raw rating)")
@@ -134,7 +135,7 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from adactr.data.prepare import PRESETS, Format, PrepareRequest, SplitSpec, prepare
-    from adactr.data.schema import NumericTransform
+    from adactr.data.schema import NumericTransform, Pooling
     from adactr.errors import ConfigError
 
     fmt = Format(args.format)
@@ -155,6 +156,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         opt_changes["numeric_transform"] = NumericTransform(args.numeric)
     if args.sep is not None:
         opt_changes["sequence_sep"] = args.sep
+    if args.pooling is not None:
+        opt_changes["sequence_pooling"] = Pooling(args.pooling)
     options = replace(options, **opt_changes) if opt_changes else options
     split = SplitSpec(time_column=args.time_column, seed=args.seed)
     if args.split:
