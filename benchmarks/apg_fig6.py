@@ -1,8 +1,11 @@
 """APG Fig. 6: PCA of the generated S_i of one APG layer, one colour per group, written as a PNG.
 
-    adactr train --data prepared/ml1m --model deepfm --out runs/ml1m-apg-domain \
-        --set model.tower_layer=apg --set model.apg.condition=group --set model.apg.condition_fields=[domain]
-    python benchmarks/apg_fig6.py --run runs/ml1m-apg-domain --data prepared/ml1m --out fig6.png
+    adactr train --data prepared/ml1m --model deepfm --out runs/ml1m-apg-user \
+        --set model.tower_layer=apg --set model.apg.condition=group --set model.apg.condition_fields=[user_id]
+    python benchmarks/apg_fig6.py --run runs/ml1m-apg-user --data prepared/ml1m --by domain --out fig6.png
+
+(Conditioned on the domain alone, S_i takes one value per domain: three points. Conditioned on the user,
+every row has its own S_i, and the colours show how the domains spread.)
 
 The run must use APG v4 or v5 (only S_i is generated, eqs. 5-7). Rows of the test split are fed through
 the trained model; a forward pre-hook on the chosen APG layer captures its condition z_i, the layer's
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.scatter(P[m, 0], P[m, 1], s=4, alpha=0.5, label=f"{args.by} {names.get(int(g), g)} (n={int(m.sum())})")
     ax.set_xlabel(f"PC 1 ({explained[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC 2 ({explained[1]:.1f}% of variance)")
+    ax.ticklabel_format(style="sci", scilimits=(-2, 2))
     ax.set_title(f"APG: generated S_i of layer {args.layer}, by {args.by}")
     ax.legend(markerscale=3, fontsize=8)
     fig.tight_layout()
