@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -217,12 +217,4 @@ def load_vocabs(directory: Path) -> dict[str, list]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((directory / "vocab").glob("*.json"))}
 
 
-def with_format_defaults(fmt: Format, roles: Roles | None, options: EncodeOptions | None) -> tuple[Roles,
-                                                                                                   EncodeOptions]:
-    """The format's preset, with whatever the user set on top."""
-    preset = PRESETS[fmt]
-    return (roles or preset.roles, options or preset.options)
-
-
-__all__ = ["Format", "PRESETS", "PrepareRequest", "SplitSpec", "prepare", "read_raw", "load_vocabs",
-           "with_format_defaults", "replace"]
+__all__ = ["Format", "PRESETS", "PrepareRequest", "SplitSpec", "prepare", "read_raw", "load_vocabs"]
