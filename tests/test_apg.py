@@ -300,3 +300,22 @@ def test_cli_train_apg_then_load_run_matches_the_trained_model(tmp_path, world_d
     again = evaluate_run(run=run, data=world_data, device=Device.CPU)
     assert again["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-9)
     assert again["logloss"] == pytest.approx(metrics["test"]["logloss"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["dcn", "dcnv2"])
+def test_adaptive_cross_puts_apg_into_the_cross_layers(name):
+    """Beyond the paper: model.adaptive_cross builds the cross layers' weights with the APG factory too."""
+    from adactr.models.config import ModelConfig
+    from adactr.models.registry import build_model
+    from adactr.nn.apg import APGLinear
+
+    layout = FieldLayout(names=("a", "b", "c"), cat_sizes=(5, 7, 4), n_num=0, seq_sizes=(), seq_pooling=())
+    sets = ["tower_layer=apg", "hidden=[8]", "embedding_dim=4", "cross_layers=2"]
+    plain = build_model(name, layout=layout, config=override(ModelConfig(), parse_sets(sets)))
+    cross = build_model(name, layout=layout, config=override(ModelConfig(), parse_sets([*sets, "adaptive_cross=true"])))
+    count = lambda m: sum(isinstance(x, APGLinear) for x in m.cross.modules())  # noqa: E731
+    assert count(plain) == 0 and count(cross) == 2
+    torch.manual_seed(0)
+    batch = Batch(cat=torch.randint(0, 4, (6, 3)), num=torch.zeros(6, 0), seq=(), label=torch.zeros(6))
+    assert cross(batch).shape == (6,)
+    assert torch.allclose(cross.for_inference()(batch), cross(batch), atol=1e-6)

@@ -47,3 +47,7 @@ class ModelConfig:
     # Table 2, where APG replaces the deep layers of each backbone)
     tower_layer: TowerLayer = TowerLayer.LINEAR
     apg: APGConfig = field(default_factory=APGConfig)
+    # Beyond the APG paper: build the DCN / DCNv2 cross layers' weights with the tower's layer factory too
+    # (with tower_layer=apg: W_l of eq. 1 in DCNv2 / w_l of eq. 3 in DCN generated per instance).
+    # DCNv2 needs the full-rank cross (cross_rank=0) for this.
+    adaptive_cross: bool = False

@@ -31,7 +31,8 @@ class DCN(CTRModel):
         d = layout.n_fields * config.embedding_dim
         self.embedding = FieldEmbedding(layout=layout, dim=config.embedding_dim,
                                         init_std=config.embedding_init_std)
-        self.cross = CrossNet(input_dim=d, num_layers=config.cross_layers)
+        self.cross = CrossNet(input_dim=d, num_layers=config.cross_layers,
+                              **({"layer": layer} if config.adaptive_cross else {}))
         self.tower = tower(input_dim=d, config=config, layer=layer, output_dim=None)
         self.fc = nn.Linear(d + self.tower.output_dim, 1)  # w_logits (and its bias)
 

@@ -32,7 +32,8 @@ class DCNv2(CTRModel):
         self.embedding = FieldEmbedding(layout=layout, dim=config.embedding_dim,
                                         init_std=config.embedding_init_std)
         self.cross = CrossNetV2(input_dim=d, num_layers=config.cross_layers, rank=config.cross_rank,
-                                experts=config.cross_experts)
+                                experts=config.cross_experts,
+                                **({"layer": layer} if config.adaptive_cross else {}))
         self.stacked = config.cross_structure is CrossStructure.STACKED
         self.tower = tower(input_dim=d, config=config, layer=layer,
                            output_dim=1 if self.stacked else None)
