@@ -167,7 +167,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             raise ConfigError(f"--split {args.split!r}: expected fractions like 0.8,0.1,0.1") from None
         if len(fr) != 3 or any(f < 0 for f in fr) or sum(fr) <= 0:
             raise ConfigError(f"--split {args.split!r}: expected three non-negative fractions")
-        split = replace(split, fractions=fr)  # type: ignore[arg-type]
+        split = replace(split, fractions=fr)
     req = PrepareRequest(format=fmt, train=args.train, valid=args.valid, test=args.test, out=args.out,
                          roles=roles, options=options, split=split, field_map=args.field_map,
                          rating_threshold=args.rating_threshold, overwrite=args.overwrite)

@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 def to_dict(cfg: Any) -> dict:
     """A config as plain JSON-able data (enums by value, tuples as lists)."""
-    out = {}
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v):

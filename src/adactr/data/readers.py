@@ -495,7 +495,7 @@ def _base_suffix(path: Path) -> str:
 
 def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
     if _is_gz(path):
-        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
     return open(path, encoding=encoding, errors="replace", newline="")
 
 

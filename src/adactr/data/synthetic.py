@@ -91,8 +91,8 @@ def _criteo_like(n_rows: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
     rng = np.random.default_rng(seed)
     missing: dict[str, np.ndarray] = {}
     for rate, names in _MISSING_GROUPS:
-        m = rng.random(n_rows) < rate
-        missing.update((name, m) for name in names)
+        together = rng.random(n_rows) < rate  # fields missing together share one mask
+        missing.update((name, together) for name in names)
 
     logit = np.full(n_rows, _CRITEO_BIAS)
     cols: dict[str, pl.Series] = {}
@@ -146,11 +146,11 @@ def write_criteo_like(path: str | Path, n_rows: int, seed: int = 0) -> Path:
     options = dict(separator="\t", include_header=False, null_value="", quote_style="never")
     if path.suffix == ".gz":
         buf = io.BytesIO()
-        df.write_csv(buf, **options)  # type: ignore[arg-type]
+        df.write_csv(buf, **options)  # type: ignore[call-overload]
         with gzip.open(path, "wb", compresslevel=3) as fh:
             fh.write(buf.getvalue())
     else:
-        df.write_csv(path, **options)  # type: ignore[arg-type]
+        df.write_csv(path, **options)  # type: ignore[call-overload]
     return path
 
 

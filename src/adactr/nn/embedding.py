@@ -28,13 +28,13 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:
         ctx.save_for_backward(idx)
         ctx.rows = table.shape[0]
         return table[idx]  # (*idx.shape, D)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (idx,) = ctx.saved_tensors
         d = grad.shape[-1]
         out = grad.new_zeros(ctx.rows, d).index_add_(0, idx.reshape(-1), grad.reshape(-1, d))
@@ -52,6 +52,7 @@ class FieldEmbedding(nn.Module):
         self.table = nn.Embedding(int(offsets[-1]) if sizes else 1, dim)
         nn.init.normal_(self.table.weight, std=init_std)
         n_cat = len(layout.cat_sizes)
+        self.cat_offsets: Tensor
         self.register_buffer("cat_offsets", offsets[:n_cat].clone(), persistent=False)  # (Fc,)
         self.seq_offsets = [int(o) for o in offsets[n_cat:-1]]
         self.num_weight = nn.Parameter(torch.randn(layout.n_num, dim) * init_std)  # (Fn, D)

@@ -209,6 +209,8 @@ class InnerProduct(nn.Module):
         if num_fields <= 0:
             raise ValueError(f"InnerProduct needs num_fields > 0, got {num_fields}")
         row, col = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.row: Tensor
+        self.col: Tensor
         self.register_buffer("row", row, persistent=False)  # (P,)
         self.register_buffer("col", col, persistent=False)  # (P,)
         self.output_dim = num_fields * (num_fields - 1) // 2
@@ -294,6 +296,8 @@ class BilinearInteraction(nn.Module):
                              f"got {num_fields}, {embedding_dim}")
         self.bilinear_type = bilinear_type
         row, col = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.row: Tensor
+        self.col: Tensor
         self.register_buffer("row", row, persistent=False)  # (P,): i of each pair
         self.register_buffer("col", col, persistent=False)  # (P,): j of each pair
         n = {BilinearType.FIELD_ALL: 1, BilinearType.FIELD_EACH: num_fields - 1,

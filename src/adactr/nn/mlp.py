@@ -17,7 +17,7 @@ from torch import Tensor, nn
 class Linear(nn.Linear):
     """``nn.Linear`` with the adaptive interface: ``forward(x, cond)``, ``cond`` ignored."""
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return super().forward(x)
 
 
