@@ -45,8 +45,8 @@ def _run_json(cmd: list[str], *, env: dict | None = None, timeout: int = 3600) -
     return json.loads(lines[-1])
 
 
-def _peak_rss_mb_of(cmd: list[str]) -> tuple[float, float, int]:
-    """(seconds, peak RSS MB of the child, exit code): runs the command in a wrapper process."""
+def _peak_rss_mb_of(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS MB of the child): runs the command in a wrapper process."""
     wrapper = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
                "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
                "print(json.dumps({'s': time.perf_counter() - t, 'rc': r.returncode, 'err': r.stderr[-400:], "
@@ -55,7 +55,7 @@ def _peak_rss_mb_of(cmd: list[str]) -> tuple[float, float, int]:
     d = json.loads(p.stdout.strip().splitlines()[-1])
     if d["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}... failed: {d['err']}")
-    return d["s"], d["kb"] / 1024, d["rc"]
+    return d["s"], d["kb"] / 1024
 
 
 def adactr_prepare(files: dict[str, Path], fmt: str, out: Path) -> dict:
@@ -64,7 +64,7 @@ def adactr_prepare(files: dict[str, Path], fmt: str, out: Path) -> dict:
            "--out", str(out), "--quiet", "--overwrite"]
     cmd += ["--valid", str(files["valid"]), "--test", str(files["test"])] if "valid" in files else \
         ["--split", "0.9,0.05,0.05"]
-    seconds, peak, _ = _peak_rss_mb_of(cmd)
+    seconds, peak = _peak_rss_mb_of(cmd)
     rows = sum(json.loads((out / "meta.json").read_text())["rows"].values())
     return {"library": "adactr", "prep_seconds": seconds, "rows": rows, "prep_rows_per_second": rows / seconds,
             "peak_mb": peak}

@@ -9,6 +9,26 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def counting_layer():
+    """A layer factory that records every (in, out) it builds and every cond its layers receive."""
+    from adactr.nn.mlp import Linear
+
+    calls: list[tuple[int, int]] = []
+    conds: list = []
+
+    class Counting(Linear):
+        def forward(self, x, cond=None):
+            conds.append(cond)
+            return super().forward(x)
+
+    def factory(i: int, o: int) -> torch.nn.Module:
+        calls.append((i, o))
+        return Counting(i, o)
+
+    return factory, calls, conds
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -303,19 +303,8 @@ def test_gradients_reach_embedding_and_tower(name: str, cfg: ModelConfig) -> Non
 
 
 @pytest.mark.parametrize(("name", "cfg", "d_in"), TOWERS, ids=[_id(n, c) for n, c, _ in TOWERS])
-def test_layer_factory_builds_every_hidden_layer(name: str, cfg: ModelConfig, d_in: int) -> None:
-    calls: list[tuple[int, int]] = []
-    conds: list[Tensor | None] = []
-
-    class Counting(Linear):
-        def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-            conds.append(cond)
-            return super().forward(x)
-
-    def factory(i: int, o: int) -> nn.Module:
-        calls.append((i, o))
-        return Counting(i, o)
-
+def test_layer_factory_builds_every_hidden_layer(name: str, cfg: ModelConfig, d_in: int, counting_layer) -> None:
+    factory, calls, conds = counting_layer
     model = build_model(name, layout=LAYOUT, config=cfg, layer=factory)
     assert calls == [(d_in, 8), (8, 4)]
     assert model(_batch(2)).shape == (2,)

@@ -95,19 +95,8 @@ def test_deterministic_with_seed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", TOWER_MODELS)
-def test_layer_factory_builds_every_hidden_layer(name: str) -> None:
-    calls: list[tuple[int, int]] = []
-    conds: list[Tensor | None] = []
-
-    class Counting(Linear):
-        def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-            conds.append(cond)
-            return super().forward(x)
-
-    def factory(i: int, o: int) -> nn.Module:
-        calls.append((i, o))
-        return Counting(i, o)
-
+def test_layer_factory_builds_every_hidden_layer(name: str, counting_layer) -> None:
+    factory, calls, conds = counting_layer
     model = build_model(name, layout=LAYOUT, config=CONFIG, layer=factory)
     assert calls == [(D_IN, 8), (8, 4)]
     model(_batch(2))

@@ -11,10 +11,9 @@ seeded by (seed, epoch), so the data order does not depend on whether the run wa
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,6 @@ from adactr.errors import TrainingError
 from adactr.train import checkpoint
 from adactr.train.config import Optimizer, TrainConfig
 from adactr.train.metrics import evaluate as compute_metrics
-
-EvalFn = Callable[[nn.Module], dict[str, Any]]
 
 
 def _make_optimizer(kind: Optimizer, params: list[nn.Parameter], *, lr: float, l2: float
@@ -242,7 +239,7 @@ class Trainer:
               result: FitResult, epoch: int, bad_epochs: int, stop: bool) -> None:
         assert self.run_dir is not None
         state = {
-            "model": copy.copy(model.state_dict()),
+            "model": model.state_dict(),
             "optimizers": [o.state_dict() for o in opts],
             "rng": torch.get_rng_state(),
             "best_model": best_state or {},
