@@ -11,11 +11,14 @@ when the dataset has domain / group columns.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from adactr.config import override, parse_sets
@@ -29,22 +32,68 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
-             per_model: dict[str, list[str]] | None = None) -> dict[str, list[dict]]:
-    """Train every (model, seed) with the same overrides; the results of each run (metrics.json, no history)."""
-    results: dict[str, list[dict]] = {}
+def _train_one(data: str, model: str, sets: list[str], cache: str | None) -> dict:
+    """One full training run (in a worker process when jobs > 1); its metrics.json without the history."""
+    key = hashlib.sha1(json.dumps([str(Path(data).resolve()), model, sets]).encode()).hexdigest()[:16]
+    hit = Path(cache) / f"{model}-{key}.json" if cache else None
+    if hit is not None and hit.exists():
+        return json.loads(hit.read_text())
+    cfg = override(RunConfig(), parse_sets([*sets, "train.progress=false"]))
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
+        r = train_run(data=Path(data), model_name=model, out=Path(tmp) / "run", config=cfg)
+    r.pop("history", None)
+    r["overrides"] = sets
+    if hit is not None:
+        hit.parent.mkdir(parents=True, exist_ok=True)
+        tmp_hit = hit.with_suffix(".part")
+        tmp_hit.write_text(json.dumps(r, default=str))
+        tmp_hit.replace(hit)
+    return r
+
+
+def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
+             per_model: dict[str, list[str]] | None = None, *, jobs: int = 1, cache: Path | None = None,
+             variants: dict[str, list[str]] | None = None) -> dict[str, dict[str, list[dict]]]:
+    """Train every (variant, model, seed); results[variant][model] = the runs' metrics (no history).
+
+    ``variants`` maps a name to extra overrides (default: one variant "" with none). ``jobs`` > 1 runs
+    that many trainings at once, each in its own process with ``train.threads`` set to 1 unless given.
+    ``cache``: a directory of finished runs keyed by (data, model, overrides); a run found there is not
+    repeated, so an interrupted grid picks up where it stopped.
+    """
+    variants = variants or {"": []}
+    tasks = []
+    # model-major order: if the grid is stopped, the finished part is whole rows (every variant and seed)
+    for model in models:
+        for vname, vsets in variants.items():
             for seed in seeds:
-                cfg = override(RunConfig(), parse_sets([*sets, *(per_model or {}).get(model, []),
-                                                        f"train.seed={seed}", "train.progress=false"]))
-                t0 = time.perf_counter()
-                r = train_run(data=data, model_name=model, out=Path(tmp) / f"{model}-{seed}", config=cfg)
-                r.pop("history", None)
-                results.setdefault(model, []).append(r)
-                print(f"{model} seed {seed}: test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} "
-                      f"epochs {r['epochs']} ({time.perf_counter() - t0:.0f}s, {r['samples_per_second']:.0f}/s)",
-                      file=sys.stderr, flush=True)
+                run_sets = [*sets, *vsets, *(per_model or {}).get(model, []), f"train.seed={seed}"]
+                if jobs > 1 and not any(x.startswith("train.threads=") for x in run_sets):
+                    run_sets.append("train.threads=1")
+                tasks.append((vname, model, seed, run_sets))
+    results: dict[str, dict[str, list[dict]]] = {v: {m: [] for m in models} for v in variants}
+    t0 = time.perf_counter()
+
+    def done(i: int, vname: str, model: str, seed: int, r: dict) -> None:
+        print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {vname or model} {model} seed {seed}: "
+              f"test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} epochs {r['epochs']} "
+              f"({r['samples_per_second']:.0f}/s)", file=sys.stderr, flush=True)
+
+    cache_s = str(cache) if cache else None
+    if jobs <= 1:
+        for i, (vname, model, seed, run_sets) in enumerate(tasks, 1):
+            r = _train_one(str(data), model, run_sets, cache_s)
+            results[vname][model].append(r)
+            done(i, vname, model, seed, r)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futs = [pool.submit(_train_one, str(data), m, rs, cache_s) for _, m, _, rs in tasks]
+            for i, (fut, (vname, model, seed, _)) in enumerate(zip(futs, tasks, strict=True), 1):
+                r = fut.result()
+                done(i, vname, model, seed, r)
+        for fut, (vname, model, _, _) in zip(futs, tasks, strict=True):
+            results[vname][model].append(fut.result())
     return results
 
 
@@ -57,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-set", action="append", default=[],
                     help="override for one model: NAME:key=value (e.g. dcnv2:model.cross_layers=2)")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings at once (each 1 thread unless --set train.threads)")
+    ap.add_argument("--cache", type=Path, help="directory of finished runs: reused, so a stopped grid resumes")
     ap.add_argument("--label", default="", help="name shown in the table header")
     args = ap.parse_args(argv)
 
@@ -66,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.model_set:
         name, kv = item.split(":", 1)
         per_model.setdefault(name, []).append(kv)
-    results = run_grid(args.data, models, seeds, args.set, per_model)
+    results = run_grid(args.data, models, seeds, args.set, per_model, jobs=args.jobs, cache=args.cache)[""]
 
     first = next(iter(results.values()))[0]["test"]
     has_gauc = "gauc" in first

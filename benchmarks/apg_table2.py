@@ -1,12 +1,15 @@
 """APG Table 2: each backbone with static deep layers (Base) and with APG in them (+APG), several seeds.
 
-    python benchmarks/apg_table2.py --data prepared/frappe --models wdl,ipnn,fibinet,difm,deepfm,dcn,autoint \\
-        --seeds 1,2,3 --set model.dropout=0.2 --set model.batch_norm=true --set train.embedding_l2=0.1 \\
-        --apg-set model.apg.condition=self
+    python benchmarks/apg_table2.py --data data/frappe --seeds 1,2,3 --jobs 2 \\
+        --set model.dropout=0.2 --set model.batch_norm=true --set train.embedding_l2=0.1 \\
+        --apg-set model.apg.rank=16 --apg-set model.apg.overparam_dim=128 \\
+        --variant "self=model.apg.condition=self" \\
+        --variant "group(user)=model.apg.condition=group model.apg.condition_fields=user"
 
-Base and +APG differ only by ``model.tower_layer=apg`` (plus the --apg-set overrides); the backbone, its
-hyper-parameters, data and seeds are the same. Δ is the difference of the mean test AUCs; "±" is the
-standard deviation over seeds. AutoInt's deep layers are its AutoInt+ tower (plain AutoInt has none).
+Base and +APG differ only by ``model.tower_layer=apg`` plus the --apg-set overrides and the variant's
+own overrides (space-separated); the backbone, its hyper-parameters, data and seeds are the same. Δ is
+the difference of the mean test AUCs; "±" is the standard deviation over seeds. AutoInt's deep layers
+are its AutoInt+ tower (plain AutoInt has none). --cache keeps finished runs, so a stopped table resumes.
 """
 
 from __future__ import annotations
@@ -27,27 +30,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="wdl,ipnn,fibinet,difm,deepfm,dcn,autoint")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--set", action="append", default=[], help="override for every run")
-    ap.add_argument("--apg-set", action="append", default=[], help="override for the +APG runs only")
+    ap.add_argument("--apg-set", action="append", default=[], help="override for every +APG run")
+    ap.add_argument("--variant", action="append", default=[],
+                    help='an APG variant: "NAME=key=value key=value ..." (default: one, "+APG", no extra keys)')
     ap.add_argument("--label", default="")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings at once (1 thread each)")
+    ap.add_argument("--cache", type=Path, help="directory of finished runs (reused)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
     per_model = {"autoint": ["model.autoint_plus=true"]}
-    base = run_grid(args.data, models, seeds, args.set, per_model)
-    apg = run_grid(args.data, models, seeds, [*args.set, "model.tower_layer=apg", *args.apg_set], per_model)
-    print(f"\n{args.label} APG Table 2 ({len(seeds)} seeds; {' '.join(args.apg_set) or 'APG defaults'})")
-    print("| backbone | Base AUC | +APG AUC | Δ AUC | Base LogLoss | +APG LogLoss |")
-    print("|---|---|---|---|---|---|")
+    variants: dict[str, list[str]] = {"Base": []}
+    for v in args.variant or ["+APG="]:
+        name, _, sets = v.partition("=")
+        variants[name] = ["model.tower_layer=apg", *args.apg_set, *sets.split()]
+    res = run_grid(args.data, models, seeds, args.set, per_model, jobs=args.jobs, cache=args.cache,
+                   variants=variants)
+    names = [n for n in variants if n != "Base"]
+
+    def auc(runs: list[dict]) -> list[float]:
+        return [r["test"]["auc"] for r in runs]
+
+    print(f"\n{args.label} APG Table 2 ({len(seeds)} seeds; test AUC mean ± std; "
+          f"{' '.join(args.apg_set) or 'APG defaults'})")
+    print("| backbone | Base | " + " | ".join(f"+APG {n} | Δ" for n in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
     for m in models:
-        b = [r["test"]["auc"] for r in base[m]]
-        a = [r["test"]["auc"] for r in apg[m]]
-        print(f"| {m} | {mean_std(b)} | {mean_std(a)} | {statistics.mean(a) - statistics.mean(b):+.4f} | "
-              f"{mean_std([r['test']['logloss'] for r in base[m]])} | "
-              f"{mean_std([r['test']['logloss'] for r in apg[m]])} |")
+        b = auc(res["Base"][m])
+        cells = [mean_std(b)]
+        for n in names:
+            a = auc(res[n][m])
+            cells += [mean_std(a), f"{statistics.mean(a) - statistics.mean(b):+.4f}"]
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    print("\nTest LogLoss")
+    print("| backbone | Base | " + " | ".join(f"+APG {n}" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for m in models:
+        print(f"| {m} | " + " | ".join(mean_std([r["test"]["logloss"] for r in res[n][m]])
+                                       for n in ["Base", *names]) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"base": base, "apg": apg, "args": vars(args)}, indent=1, default=str))
+        args.out.write_text(json.dumps({"results": res, "args": vars(args)}, indent=1, default=str))
     return 0
 
 

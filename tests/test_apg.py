@@ -233,15 +233,34 @@ def test_invalid_rank_p_and_fields_name_the_key():
         build_model("lr", layout=LAYOUT, config=ModelConfig(tower_layer=TowerLayer.APG))
 
 
+def test_static_ablation_is_a_fixed_rank_k_layer():
+    """adaptive=false: S is one learned (K, K) matrix, the condition changes nothing, y = U S V x + b."""
+    layer = APGLinear(3, 3, config=cfg(version=V.V4, adaptive=False), cond_dim=2)
+    with torch.no_grad():
+        (S,) = layer.generator.params
+        S.copy_(torch.tensor([[2.0, 0], [0, 3]]))
+        layer.U.copy_(torch.tensor([[1.0, 0], [0, 1], [1, 1]]))
+        layer.V.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+    x = torch.tensor([[1.0, 2, 3], [1.0, 2, 3]])
+    y = layer(x, torch.randn(2, 2))
+    # V x = [1, 2]; S (V x) = [2, 6]; U (.) = [2, 6, 8] for both rows, whatever the condition
+    assert torch.equal(y, torch.tensor([[2.0, 6, 8], [2.0, 6, 8]]))
+    five = APGLinear(4, 3, config=cfg(version=V.V5, adaptive=False), cond_dim=2)
+    x, z = torch.randn(5, 4), torch.randn(5, 2)
+    assert torch.allclose(five.collapse()(x, z), five(x, z), atol=1e-6)
+    assert torch.equal(five(x, z), five(x, torch.randn(5, 2)))
+    assert "static" in repr(five)
+
+
 def test_config_keys_round_trip():
     sets = ["model.tower_layer=apg", "model.apg.version=v3", "model.apg.condition=mix_output",
             "model.apg.aggregation=attention", "model.apg.condition_fields=user_id,item_id",
-            "model.apg.generator_hidden=[16]", "model.apg.generate_bias=true"]
+            "model.apg.generator_hidden=[16]", "model.apg.generate_bias=true", "model.apg.adaptive=false"]
     c = override(RunConfig(), parse_sets(sets))
     assert c.model.apg == APGConfig(version=V.V3, condition=ConditionMode.MIX_OUTPUT,
                                     aggregation=Aggregation.ATTENTION,
                                     condition_fields=("user_id", "item_id"),
-                                    generator_hidden=(16,), generate_bias=True)
+                                    generator_hidden=(16,), generate_bias=True, adaptive=False)
     saved = json.loads(json.dumps(to_dict(c)))
     assert saved["model"]["apg"]["condition_fields"] == ["user_id", "item_id"]
     assert override(RunConfig(), saved) == c

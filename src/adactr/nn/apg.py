@@ -44,6 +44,9 @@ Choices the paper leaves open (the appendix is not part of the text we implement
   stacked into a (k N) x M matrix and a learned static ``W_o`` (N x k N) maps back to N outputs,
   W_i = W_o [W_i^0; ...; W_i^{k-1}], i.e. ``y = W_o [y^0; ...; y^{k-1}]``.
 - Mix-wise input ``attention``: the same pooling, ``z_i = sum_j a_ij e_j``.
+- Ablation (not in the paper): ``adaptive=False`` keeps every shape and initial scale but learns the
+  matrices as static parameters (:class:`StaticParameters`), so v4/v5 become a static factorised rank-K
+  layer. Comparing it with APG separates what generation adds from what the rank-K limit costs.
 - Mix-wise conditions use ``condition_fields`` when given, else every field.
 
 >>> cfg = APGConfig(version=APGVersion.V5, rank=2, overparam_dim=8, condition=ConditionMode.GROUP,
@@ -105,6 +108,9 @@ class APGConfig:
     # hidden sizes of the generator G; () = the single perceptron layer of the complexity analysis (3.3)
     generator_hidden: tuple[int, ...] = ()
     generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
+    # ablation, not APG: False learns the same matrices as static parameters instead of generating them
+    # (v4/v5: a static factorised rank-K layer U S V), separating APG's gain or loss from the rank limit
+    adaptive: bool = True
     # self-wise needs no prior knowledge of the data (3.1.1), so it works on any dataset by default
     condition: ConditionMode = ConditionMode.SELF
     aggregation: Aggregation = Aggregation.CONCAT  # mix-wise only
@@ -185,6 +191,20 @@ class ParameterGenerator(nn.Module):
         return [p.reshape(B, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes, strict=True)]
 
 
+class StaticParameters(nn.Module):
+    """The ablation of ``G`` (``model.apg.adaptive=false``): the same matrices with the same initial
+    scale, learned as ordinary parameters and shared by every instance; the condition is ignored."""
+
+    def __init__(self, *, shapes: Sequence[tuple[int, ...]], stds: Sequence[float]) -> None:
+        super().__init__()
+        self.params = nn.ParameterList(nn.Parameter(torch.randn(*s) * std) for s, std in zip(shapes, stds,
+                                                                                              strict=True))
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        B = z.shape[0]
+        return [p.expand(B, *p.shape) for p in self.params]  # views, no copies
+
+
 # ---- the layer ---------------------------------------------------------------------------------------
 
 class APGLinear(nn.Module):
@@ -217,8 +237,9 @@ class APGLinear(nn.Module):
             shapes, stds = [(K, K)], [1 / math.sqrt(K)]  # S_i
         if config.generate_bias:
             shapes, stds = [*shapes, (N,)], [*stds, 1 / math.sqrt(M)]  # b_i
-        self.generator = ParameterGenerator(cond_dim=Dz, hidden=config.generator_hidden, shapes=shapes,
-                                            stds=stds)
+        self.generator: nn.Module = ParameterGenerator(
+            cond_dim=Dz, hidden=config.generator_hidden, shapes=shapes, stds=stds) if config.adaptive else \
+            StaticParameters(shapes=shapes, stds=stds)
         if v is APGVersion.V4:
             self.U = nn.Parameter(torch.randn(N, K) / math.sqrt(K))  # shared U (N, K)
             self.V = nn.Parameter(torch.randn(K, M) / math.sqrt(M))  # shared V (K, M)
@@ -233,7 +254,8 @@ class APGLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"version={self.version.value}, K={self.config.rank}"
                 + (f", P={self.config.overparam_dim}" if self.version is APGVersion.V5 else "")
-                + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}"))
+                + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}")
+                + ("" if self.config.adaptive else ", static (ablation)"))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         z = x if self.self_wise else cond  # (B, Dz)

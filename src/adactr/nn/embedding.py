@@ -12,6 +12,7 @@ step one tensor. Index 0 of every field is "missing" and 1 is "OOV": both are or
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adactr.data.schema import FieldLayout, Pooling
@@ -19,19 +20,21 @@ from adactr.data.tensors import Batch
 
 
 class _GatherRows(torch.autograd.Function):
-    """``table[idx]`` whose backward is one ``index_add_`` (CPU only).
+    """``table[idx]`` by ``F.embedding``, with a backward of one ``index_add_`` (CPU only).
 
-    The CPU kernel behind ``nn.Embedding``'s dense backward sorts the indices first: measured 14.1 ms vs
-    6.1 ms for ``index_add_`` on a (4096, 39) batch of a 222k x 10 table (and 6.7 vs 0.6 ms at dim 1), the
-    same sums in the same order. On CUDA ``index_add_`` uses atomics (not reproducible), so CUDA keeps
-    ``nn.Embedding``.
+    The fastest reproducible CPU kernels we measured for a (4096, 39) batch of a 222k x 10 table, two
+    threads (``python benchmarks/embedding_kernels.py --threads 2``): forward ``table[idx]`` 3.1 ms,
+    ``F.embedding`` 0.8 ms; backward ``nn.Embedding``'s dense backward (sorts the indices) 9.9 ms,
+    ``index_add_`` 4.9 ms, bit-identical sums. (``index_put_(accumulate=True)`` is no faster and its
+    sums differ between runs with two threads.) On CUDA ``index_add_`` uses atomics (not reproducible),
+    so CUDA keeps ``nn.Embedding``'s backward.
     """
 
     @staticmethod
     def forward(ctx, table: Tensor, idx: Tensor) -> Tensor:
         ctx.save_for_backward(idx)
         ctx.rows = table.shape[0]
-        return table[idx]  # (*idx.shape, D)
+        return F.embedding(idx, table)  # (*idx.shape, D)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
