@@ -252,6 +252,13 @@ def test_static_ablation_is_a_fixed_rank_k_layer():
     assert "static" in repr(five)
 
 
+def test_default_p_follows_k():
+    """overparam_dim=0 (the default) means P = 8 K, so changing only K keeps P >> K."""
+    assert APGConfig().P == 32 and APGConfig(rank=16).P == 128 and APGConfig(rank=16, overparam_dim=20).P == 20
+    layer = APGLinear(5, 3, config=APGConfig(rank=3), cond_dim=0)
+    assert layer.U_l.shape == (3, 24) and layer.V_r.shape == (24, 5)
+
+
 def test_config_keys_round_trip():
     sets = ["model.tower_layer=apg", "model.apg.version=v3", "model.apg.condition=mix_output",
             "model.apg.aggregation=attention", "model.apg.condition_fields=user_id,item_id",

@@ -102,9 +102,10 @@ class APGConfig:
 
     version: APGVersion = APGVersion.V5  # the full APG; best of the ablation (Table 4)
     rank: int = 4  # K: the efficiency study's setting (Section 4.4, "we set K = 4")
-    # P, v5 only. The paper asks P >> K and gives no value; 32 = 8 K adds N P + P K shared parameters per
-    # factor (13k for N = 400) to v4's N K (1.6k), still far below a static 400 x 400 layer (160k).
-    overparam_dim: int = 32
+    # P, v5 only; 0 = 8 K. The paper asks P >> K and gives no value; 8 K (32 at K = 4) adds N P + P K
+    # shared parameters per factor (13k for N = 400) to v4's N K (1.6k), still far below a static
+    # 400 x 400 layer (160k). Tying the default to K keeps P >> K when only K is changed.
+    overparam_dim: int = 0
     # hidden sizes of the generator G; () = the single perceptron layer of the complexity analysis (3.3)
     generator_hidden: tuple[int, ...] = ()
     generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
@@ -121,15 +122,20 @@ class APGConfig:
         # cross-key checks wait for :meth:`check`, run when a model is built
         if self.rank < 1:
             raise ConfigError(f"apg.rank (K) must be >= 1, got {self.rank}")
-        if self.overparam_dim < 1:
-            raise ConfigError(f"apg.overparam_dim (P) must be >= 1, got {self.overparam_dim}")
+        if self.overparam_dim < 0:
+            raise ConfigError(f"apg.overparam_dim (P) must be >= 1 (or 0 for 8 x rank), got {self.overparam_dim}")
         if any(h < 1 for h in self.generator_hidden):
             raise ConfigError(f"apg.generator_hidden sizes must be >= 1, got {list(self.generator_hidden)}")
 
+    @property
+    def P(self) -> int:
+        """The over-parameterisation size in use: ``overparam_dim``, or 8 K when that is 0."""
+        return self.overparam_dim or 8 * self.rank
+
     def check(self) -> None:
         """The checks that involve several keys (ConfigError naming the key)."""
-        if self.version is APGVersion.V5 and self.overparam_dim < self.rank:
-            raise ConfigError(f"apg.overparam_dim (P) = {self.overparam_dim} is below apg.rank (K) = "
+        if self.version is APGVersion.V5 and self.P < self.rank:
+            raise ConfigError(f"apg.overparam_dim (P) = {self.P} is below apg.rank (K) = "
                               f"{self.rank}: over-parameterisation (eq. 7) needs P >= K (P >> K)")
         dupes = sorted({f for f in self.condition_fields if self.condition_fields.count(f) > 1})
         if dupes:
@@ -218,7 +224,7 @@ class APGLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, config: APGConfig, cond_dim: int = 0) -> None:
         super().__init__()
         config.check()
-        M, N, K, P = in_features, out_features, config.rank, config.overparam_dim
+        M, N, K, P = in_features, out_features, config.rank, config.P
         self.self_wise = config.condition is ConditionMode.SELF
         Dz = M if self.self_wise else cond_dim
         if M < 1 or N < 1 or Dz < 1:
@@ -253,7 +259,7 @@ class APGLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"version={self.version.value}, K={self.config.rank}"
-                + (f", P={self.config.overparam_dim}" if self.version is APGVersion.V5 else "")
+                + (f", P={self.config.P}" if self.version is APGVersion.V5 else "")
                 + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}")
                 + ("" if self.config.adaptive else ", static (ablation)"))
 
