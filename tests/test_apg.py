@@ -259,6 +259,30 @@ def test_default_p_follows_k():
     assert layer.U_l.shape == (3, 24) and layer.V_r.shape == (24, 5)
 
 
+def test_rank_and_p_per_layer():
+    """A list gives the i-th APG layer its own K and P; a wrong length names the keys and the count."""
+    c = override(RunConfig(), parse_sets(["model.tower_layer=apg", "model.hidden=[8,6,4]",
+                                          "model.apg.rank=[4,3,2]", "model.apg.overparam_dim=[8,0,5]"]))
+    assert c.model.apg.rank == (4, 3, 2) and c.model.apg.overparam_dim == (8, 0, 5)
+    model = build_model("deepfm", layout=LAYOUT, config=c.model)
+    layers = [m for m in model.modules() if isinstance(m, APGLinear)]
+    # (K, P, M): P = 0 -> 8 K; the input is 3 fields x embedding 10
+    assert [(m.U_r.shape[1], m.U_l.shape[1], m.in_features) for m in layers] == [(4, 8, 30), (3, 24, 8), (2, 5, 6)]
+    assert override(RunConfig(), parse_sets(["model.apg.rank=8"])).model.apg.rank == 8
+    short = override(RunConfig(), parse_sets(["model.tower_layer=apg", "model.apg.rank=[4,3]"]))
+    with pytest.raises(ConfigError, match="list 2 values, one per APG layer"):
+        build_model("deepfm", layout=LAYOUT, config=short.model)  # default tower: 3 layers
+    long = override(RunConfig(), parse_sets(["model.tower_layer=apg", "model.apg.rank=[4,3,2,2]"]))
+    with pytest.raises(ConfigError, match="has 3 APG layers"):
+        build_model("deepfm", layout=LAYOUT, config=long.model)
+    with pytest.raises(ConfigError, match="different lengths"):
+        APGConfig(rank=(2, 2), overparam_dim=(8, 8, 8)).check()
+    with pytest.raises(ConfigError, match=r"P\) = 3 is below apg.rank \(K\) = 4 \(layer 1\)"):
+        APGConfig(rank=(2, 4), overparam_dim=(8, 3)).check()
+    with pytest.raises(ConfigError, match="apg.rank"):
+        APGConfig(rank=(2, 0))
+
+
 def test_config_keys_round_trip():
     sets = ["model.tower_layer=apg", "model.apg.version=v3", "model.apg.condition=mix_output",
             "model.apg.aggregation=attention", "model.apg.condition_fields=user_id,item_id",

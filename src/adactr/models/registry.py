@@ -73,9 +73,10 @@ def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
     if layer is not Linear:
         raise ConfigError(f"{which} and a custom layer factory were both given; use one")
     condition = APGCondition(layout=layout, config=config.apg, embedding_dim=config.embedding_dim)
-    model = entry.cls(layout=layout, config=config,
-                      layer=apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions))
+    factory = apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions)
+    model = entry.cls(layout=layout, config=config, layer=factory)
     if not any(isinstance(m, APGLinear) for m in model.modules()):
         raise ConfigError(f"model {name!r} has no deep tower for {which}")
+    factory.check_built()
     model.condition = condition
     return model

@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from adactr.data.schema import FieldLayout
 from adactr.data.tensors import Batch
 from adactr.errors import AdactrError, ConfigError
-from adactr.nn.mlp import MLP, LayerFactory
+from adactr.nn.mlp import MLP
 
 
 class APGVersion(str, Enum):
@@ -101,11 +101,13 @@ class APGConfig:
     """APG hyper-parameters (``model.apg.*``)."""
 
     version: APGVersion = APGVersion.V5  # the full APG; best of the ablation (Table 4)
-    rank: int = 4  # K: the efficiency study's setting (Section 4.4, "we set K = 4")
+    # K: the efficiency study's setting (Section 4.4, "we set K = 4"). One value for every APG layer, or a
+    # list with one value per APG layer in the order the model builds them (its tower from the input up)
+    rank: int | tuple[int, ...] = 4
     # P, v5 only; 0 = 8 K. The paper asks P >> K and gives no value; 8 K (32 at K = 4) adds N P + P K
     # shared parameters per factor (13k for N = 400) to v4's N K (1.6k), still far below a static
-    # 400 x 400 layer (160k). Tying the default to K keeps P >> K when only K is changed.
-    overparam_dim: int = 0
+    # 400 x 400 layer (160k). Tying the default to K keeps P >> K when only K is changed. A list: per layer.
+    overparam_dim: int | tuple[int, ...] = 0
     # hidden sizes of the generator G; () = the single perceptron layer of the complexity analysis (3.3)
     generator_hidden: tuple[int, ...] = ()
     generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
@@ -120,23 +122,53 @@ class APGConfig:
     def __post_init__(self) -> None:
         # single-key checks only: a config file and --set are applied one after the other, so the
         # cross-key checks wait for :meth:`check`, run when a model is built
-        if self.rank < 1:
-            raise ConfigError(f"apg.rank (K) must be >= 1, got {self.rank}")
-        if self.overparam_dim < 0:
-            raise ConfigError(f"apg.overparam_dim (P) must be >= 1 (or 0 for 8 x rank), got {self.overparam_dim}")
+        if not _values(self.rank) or min(_values(self.rank)) < 1:
+            raise ConfigError(f"apg.rank (K) must be >= 1, got {_show(self.rank)}")
+        if not _values(self.overparam_dim) or min(_values(self.overparam_dim)) < 0:
+            raise ConfigError(f"apg.overparam_dim (P) must be >= 1 (or 0 for 8 x rank), got "
+                              f"{_show(self.overparam_dim)}")
         if any(h < 1 for h in self.generator_hidden):
             raise ConfigError(f"apg.generator_hidden sizes must be >= 1, got {list(self.generator_hidden)}")
 
     @property
+    def K(self) -> int:
+        """The rank of a one-layer config (see :meth:`for_layer`)."""
+        if isinstance(self.rank, tuple):
+            raise ConfigError("apg.rank is a per-layer list here; use APGConfig.for_layer(i)")
+        return self.rank
+
+    @property
     def P(self) -> int:
-        """The over-parameterisation size in use: ``overparam_dim``, or 8 K when that is 0."""
-        return self.overparam_dim or 8 * self.rank
+        """The over-parameterisation size of a one-layer config: ``overparam_dim``, or 8 K when 0."""
+        if isinstance(self.overparam_dim, tuple):
+            raise ConfigError("apg.overparam_dim is a per-layer list here; use APGConfig.for_layer(i)")
+        return self.overparam_dim or 8 * self.K
+
+    @property
+    def per_layer(self) -> int:
+        """How many layers the per-layer lists describe (0: rank and overparam_dim are single values)."""
+        return max(len(v) if isinstance(v, tuple) else 0 for v in (self.rank, self.overparam_dim))
+
+    def for_layer(self, i: int) -> APGConfig:
+        """The config of the i-th APG layer the model builds: single K and P (lists indexed by i)."""
+        n = self.per_layer
+        if n and i >= n:
+            raise ConfigError(f"apg.rank / apg.overparam_dim list {n} values, one per APG layer, but the model "
+                              f"builds more APG layers than that")
+        return replace(self, rank=_at(self.rank, i), overparam_dim=_at(self.overparam_dim, i))
 
     def check(self) -> None:
         """The checks that involve several keys (ConfigError naming the key)."""
-        if self.version is APGVersion.V5 and self.P < self.rank:
-            raise ConfigError(f"apg.overparam_dim (P) = {self.P} is below apg.rank (K) = "
-                              f"{self.rank}: over-parameterisation (eq. 7) needs P >= K (P >> K)")
+        lens = {len(v) for v in (self.rank, self.overparam_dim) if isinstance(v, tuple)}
+        if len(lens) > 1:
+            raise ConfigError(f"apg.rank ({_show(self.rank)}) and apg.overparam_dim ({_show(self.overparam_dim)}) "
+                              f"are per-layer lists of different lengths")
+        for i in range(max(self.per_layer, 1)):
+            one = self.for_layer(i)
+            if self.version is APGVersion.V5 and one.P < one.K:
+                at = f" (layer {i})" if self.per_layer else ""
+                raise ConfigError(f"apg.overparam_dim (P) = {one.P} is below apg.rank (K) = {one.K}{at}: "
+                                  f"over-parameterisation (eq. 7) needs P >= K (P >> K)")
         dupes = sorted({f for f in self.condition_fields if self.condition_fields.count(f) > 1})
         if dupes:
             raise ConfigError(f"apg.condition_fields lists {dupes[0]!r} twice")
@@ -149,6 +181,18 @@ class APGConfig:
                 self.aggregation is not Aggregation.CONCAT:
             raise ConfigError(f"apg.aggregation={self.aggregation.value} applies to mix_input / mix_output "
                               f"conditions only, not to apg.condition={self.condition.value}")
+
+
+def _values(v: int | tuple[int, ...]) -> tuple[int, ...]:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _at(v: int | tuple[int, ...], i: int) -> int:
+    return v[i] if isinstance(v, tuple) else v
+
+
+def _show(v: int | tuple[int, ...]) -> str:
+    return str(list(v)) if isinstance(v, tuple) else str(v)
 
 
 # ---- building blocks ---------------------------------------------------------------------------------
@@ -224,7 +268,7 @@ class APGLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, config: APGConfig, cond_dim: int = 0) -> None:
         super().__init__()
         config.check()
-        M, N, K, P = in_features, out_features, config.rank, config.P
+        M, N, K, P = in_features, out_features, config.K, config.P
         self.self_wise = config.condition is ConditionMode.SELF
         Dz = M if self.self_wise else cond_dim
         if M < 1 or N < 1 or Dz < 1:
@@ -258,7 +302,7 @@ class APGLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"version={self.version.value}, K={self.config.rank}"
+                f"version={self.version.value}, K={self.config.K}"
                 + (f", P={self.config.P}" if self.version is APGVersion.V5 else "")
                 + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}")
                 + ("" if self.config.adaptive else ", static (ablation)"))
@@ -354,21 +398,38 @@ class APGMixOutput(nn.Module):
         return ys.mean(dim=1)  # (B, N)
 
 
-def apg_layer_factory(config: APGConfig, cond_dim: int, *, n_conditions: int = 1) -> LayerFactory:
+class APGLayerFactory:
     """A :data:`LayerFactory` making APG layers for the condition that :class:`APGCondition` builds.
 
     ``cond_dim`` and ``n_conditions`` are :attr:`APGCondition.dim` and :attr:`APGCondition.n_conditions`
-    (``cond_dim`` is ignored for self-wise layers).
+    (``cond_dim`` is ignored for self-wise layers). It counts the layers it makes: the i-th gets
+    ``config.for_layer(i)``, so per-layer K and P follow the order in which the model builds its layers;
+    :meth:`check_built` says whether the lists had one value per layer.
     """
-    config.check()
 
-    def make(in_features: int, out_features: int) -> nn.Module:
+    def __init__(self, config: APGConfig, cond_dim: int, *, n_conditions: int = 1) -> None:
+        config.check()
+        self.config, self.cond_dim, self.n_conditions = config, cond_dim, n_conditions
+        self.built = 0
+
+    def __call__(self, in_features: int, out_features: int) -> nn.Module:
+        config = self.config.for_layer(self.built)
+        self.built += 1
         if config.condition is ConditionMode.MIX_OUTPUT:
-            return APGMixOutput(in_features, out_features, config=config, cond_dim=cond_dim,
-                                n_conditions=n_conditions)
-        return APGLinear(in_features, out_features, config=config, cond_dim=cond_dim)
+            return APGMixOutput(in_features, out_features, config=config, cond_dim=self.cond_dim,
+                                n_conditions=self.n_conditions)
+        return APGLinear(in_features, out_features, config=config, cond_dim=self.cond_dim)
 
-    return make
+    def check_built(self) -> None:
+        n = self.config.per_layer
+        if n and n != self.built:
+            raise ConfigError(f"apg.rank / apg.overparam_dim list {n} values, one per APG layer, but the model "
+                              f"has {self.built} APG layers")
+
+
+def apg_layer_factory(config: APGConfig, cond_dim: int, *, n_conditions: int = 1) -> APGLayerFactory:
+    """The :class:`APGLayerFactory` for ``config`` (kept as the factory's public constructor)."""
+    return APGLayerFactory(config, cond_dim, n_conditions=n_conditions)
 
 
 # ---- the condition builder -------------------------------------------------------------------------
