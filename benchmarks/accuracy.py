@@ -18,7 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from adactr.config import override, parse_sets
@@ -59,7 +61,8 @@ def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
     ``variants`` maps a name to extra overrides (default: one variant "" with none). ``jobs`` > 1 runs
     that many trainings at once, each in its own process with ``train.threads`` set to 1 unless given.
     ``cache``: a directory of finished runs keyed by (data, model, overrides); a run found there is not
-    repeated, so an interrupted grid picks up where it stopped.
+    repeated, so an interrupted grid picks up where it stopped. The key does not cover the code: empty
+    the cache after changing a model or the trainer.
     """
     variants = variants or {"": []}
     tasks = []
@@ -80,20 +83,16 @@ def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
               f"({r['samples_per_second']:.0f}/s)", file=sys.stderr, flush=True)
 
     cache_s = str(cache) if cache else None
-    if jobs <= 1:
-        for i, (vname, model, seed, run_sets) in enumerate(tasks, 1):
-            r = _train_one(str(data), model, run_sets, cache_s)
+    with ExitStack() as stack:
+        if jobs <= 1:
+            runs: Iterator[dict] = (_train_one(str(data), m, rs, cache_s) for _, m, _, rs in tasks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs,
+                                                           mp_context=multiprocessing.get_context("spawn")))
+            runs = (f.result() for f in [pool.submit(_train_one, str(data), m, rs, cache_s) for _, m, _, rs in tasks])
+        for i, (r, (vname, model, seed, _)) in enumerate(zip(runs, tasks, strict=True), 1):
             results[vname][model].append(r)
             done(i, vname, model, seed, r)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futs = [pool.submit(_train_one, str(data), m, rs, cache_s) for _, m, _, rs in tasks]
-            for i, (fut, (vname, model, seed, _)) in enumerate(zip(futs, tasks, strict=True), 1):
-                r = fut.result()
-                done(i, vname, model, seed, r)
-        for fut, (vname, model, _, _) in zip(futs, tasks, strict=True):
-            results[vname][model].append(fut.result())
     return results
 
 
