@@ -11,7 +11,9 @@ prints the operators by self time (how much of the step is matrix multiplication
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,10 @@ from adactr.models.config import ModelConfig
 from adactr.models.registry import build_model
 from adactr.train.config import TrainConfig
 from adactr.train.trainer import build_optimizers
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent / "peers")]
+from _common import dnn_flops_per_sample  # noqa: E402
+from embedding_kernels import CRITEO_SIZES, criteo_indices  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,16 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does
     torch.manual_seed(0)
-    sizes = [60] * 13 + [20000] * 8 + [1500] * 18
-    sizes[8] += 222_000 - sum(sizes)
-    layout = FieldLayout(names=tuple(f"f{i}" for i in range(39)), cat_sizes=tuple(sizes), n_num=0,
+    layout = FieldLayout(names=tuple(f"f{i}" for i in range(39)), cat_sizes=CRITEO_SIZES, n_num=0,
                          seq_sizes=(), seq_pooling=())
     model = build_model("deepfm", layout=layout, config=ModelConfig())
     opts = build_optimizers(model, TrainConfig())
     fwd = torch.compile(model) if args.compile else model
     B = 4096
-    batches = [Batch(cat=((torch.rand(B, 39) ** 4) * torch.tensor(sizes)).long(), num=torch.zeros(B, 0), seq=(),
-                     label=(torch.rand(B) < 0.25).float()) for _ in range(8)]
+    batches = [Batch(cat=criteo_indices(B), num=torch.zeros(B, 0), seq=(), label=(torch.rand(B) < 0.25).float())
+               for _ in range(8)]
 
     def step(b: Batch) -> None:
         loss = F.binary_cross_entropy_with_logits(fwd(b), b.label)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.steps):
         step(batches[i % len(batches)])
     ms = (time.perf_counter() - t0) / args.steps * 1e3
-    flops = 3 * 2 * B * (390 * 400 + 400 * 400 * 2 + 400)  # tower forward + backward
+    flops = B * dnn_flops_per_sample(39 * 10, [400, 400, 400])  # tower forward + backward
     print(f"threads {args.threads}{' compiled' if args.compile else ''}: {ms:.1f} ms/step, "
           f"{B / ms * 1e3:,.0f} samples/s, tower {flops / ms / 1e6:.1f} GFLOP/s")
     if args.profile:
