@@ -3,6 +3,7 @@
     python benchmarks/apg_cost.py table5 --device cpu            # Table 5 on this CPU
     python benchmarks/apg_cost.py table5 --device cuda           # ... on a GPU (the paper's setting)
     python benchmarks/apg_cost.py serving --device cpu           # Base vs v5 training form vs v5 collapsed
+    python benchmarks/apg_cost.py generator --device cpu         # G's output layer: nn.Linear vs ours
 
 table5: an MLP tower with input width 393 and hidden sizes [64,32,16] .. [1024,512,256], every hidden layer
 static (Base) or APG v1..v5 with K = 4, self-wise condition (z = the layer's own input; the paper does
@@ -10,6 +11,10 @@ not say which condition its Table 5 used, and self-wise needs no extra input). S
 every variant, all in one run. Time = one training step (forward, backward, Adam), median of --reps.
 Memory = the hidden layers' parameters + the activations autograd saves for backward (counted with
 saved-tensor hooks, so it means the same on CPU and GPU); on CUDA also the step's peak allocation.
+
+generator: one forward + backward of the generator's output layer (condition width -> the flattened
+generated matrices, e.g. 10 -> 256 x 100 for v1), ``nn.Linear`` vs :class:`WideOutputLinear` (same
+parameters, same gradients, the weight gradient formed as (x^T g)^T), side by side on the same inputs.
 
 serving: DeepFM with the tower [400, 400, 400] on Frappe-sized fields (10 fields, 5,382 values),
 no-grad forward latency per batch at batch sizes 1, 256, 4096: Base, APG v5 in its training form
@@ -33,7 +38,7 @@ from adactr.data.tensors import Batch
 from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode, apg_layer_factory
-from adactr.nn.mlp import MLP, Linear
+from adactr.nn.mlp import MLP, Linear, WideOutputLinear
 
 SIZES = [(64, 32, 16), (128, 64, 32), (256, 128, 64), (512, 256, 128), (1024, 512, 256)]
 VARIANTS = ["base", "v1", "v2", "v3", "v4", "v5"]
@@ -176,11 +181,43 @@ def serving(args: argparse.Namespace) -> None:
               f"{vs_base:+.1f}% |", flush=True)
 
 
+GENERATOR_SHAPES = [(10, 16 * 16), (10, 100 * 256), (10, 400 * 400), (64, 100 * 256), (393, 64 * 393)]
+
+
+def generator(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    B = args.batch
+    print(f"APG generator output layer, forward + backward, batch {B}, {device}, median of {args.reps} "
+          f"(ms)")
+    print("| in -> out | nn.Linear | WideOutputLinear | speed-up | max relative grad difference |")
+    print("|---|---|---|---|---|")
+    for d_in, d_out in GENERATOR_SHAPES:
+        torch.manual_seed(0)
+        ref = nn.Linear(d_in, d_out).to(device)
+        ours = WideOutputLinear(d_in, d_out).to(device)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(B, d_in, device=device, requires_grad=True)
+        g = torch.randn(B, d_out, device=device)
+        grads = {}
+        times = {}
+        for name, layer in (("ref", ref), ("ours", ours)):
+            def fwd_bwd(layer: nn.Module = layer, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+                x.grad = None
+                layer.zero_grad(set_to_none=True)
+                layer(x).backward(g)
+            times[name] = _median_seconds(fwd_bwd, device, args.reps, args.warmup) * 1e3
+            grads[name] = [t.grad.clone() for t in (x, layer.weight, layer.bias)]  # type: ignore[union-attr]
+        diff = max(((a - b).abs().max() / a.abs().max()).item()
+                   for a, b in zip(grads["ref"], grads["ours"], strict=True))
+        print(f"| {d_in} -> {d_out} | {times['ref']:.1f} | {times['ours']:.1f} | "
+              f"{times['ref'] / times['ours']:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["table5", "serving"])
+    ap.add_argument("what", choices=["table5", "serving", "generator"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", type=int, default=1024, help="table5: batch size")
+    ap.add_argument("--batch", type=int, default=1024, help="table5 and generator: batch size")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
@@ -188,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    (table5 if args.what == "table5" else serving)(args)
+    {"table5": table5, "serving": serving, "generator": generator}[args.what](args)
     return 0
 
 

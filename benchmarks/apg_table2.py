@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[],
                     help='an APG variant: "NAME=key=value key=value ..." (default: one, "+APG", no extra keys)')
     ap.add_argument("--label", default="")
+    ap.add_argument("--title", default="APG Table 2", help="the table's name in the printed heading")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (1 thread each)")
     ap.add_argument("--cache", type=Path, help="directory of finished runs (reused)")
     ap.add_argument("--out", type=Path)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     def auc(runs: list[dict]) -> list[float]:
         return [r["test"]["auc"] for r in runs]
 
-    print(f"\n{args.label} APG Table 2 ({len(seeds)} seeds; test AUC mean ± std; "
+    print(f"\n{args.label} {args.title} ({len(seeds)} seeds; test AUC mean ± std; "
           f"{' '.join(args.apg_set) or 'APG defaults'})")
     print("| backbone | Base | " + " | ".join(f"+APG {n} | Δ" for n in names) + " |")
     print("|---|---|" + "---|---|" * len(names))

@@ -12,9 +12,10 @@ from torch import nn
 
 from adactr.data.schema import FieldLayout, Pooling
 from adactr.data.tensors import Batch
+from adactr.nn import mlp
 from adactr.nn.embedding import FieldEmbedding
 from adactr.nn.interaction import CrossLayerV2, CrossNetV2, FirstOrder, FMInteraction
-from adactr.nn.mlp import Linear
+from adactr.nn.mlp import Linear, WideOutputLinear
 
 
 def _layout(cat=(3, 4), n_num=0, seq=(), pooling=()) -> FieldLayout:
@@ -189,3 +190,38 @@ def test_cpu_gather_backward_equals_nn_embedding() -> None:
     # by hand: row 6 collects grad[0,1] + grad[0,2] + grad[1,2]; row 5 nothing
     torch.testing.assert_close(g_new[6], grad[0, 1] + grad[0, 2] + grad[1, 2])
     assert torch.equal(g_new[5], torch.zeros(3))
+
+
+# --- WideOutputLinear -----------------------------------------------------------------------------
+
+def test_wide_output_linear_has_nn_linear_outputs_and_gradients() -> None:
+    """Only the order of the backward's products differs from nn.Linear: same values, same gradients."""
+    torch.manual_seed(0)
+    ref = nn.Linear(3, 50).double()
+    ours = WideOutputLinear(3, 50).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(7, 50, dtype=torch.float64)
+    y_ref = ref(x)
+    y_ref.backward(g)
+    gx_ref, x.grad = x.grad, None
+    y = ours(x, None)
+    y.backward(g)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(x.grad, gx_ref)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+    assert ours.weight.grad.is_contiguous()
+    # and the hand-written backward passes the numerical check
+    assert torch.autograd.gradcheck(mlp._WideLinearFn.apply,
+                                    (x.detach().requires_grad_(), ours.weight.detach().clone().requires_grad_(),
+                                     ours.bias.detach().clone().requires_grad_()))
+
+
+def test_wide_output_linear_without_autograd_is_plain_linear() -> None:
+    ours = WideOutputLinear(2, 4)
+    with torch.no_grad():
+        ours.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [1, 1], [2, -1]]))
+        ours.bias.copy_(torch.tensor([0.0, 0, 0, 1]))
+        y = ours(torch.tensor([[3.0, 4]]), None)
+    assert torch.equal(y, torch.tensor([[3.0, 4, 7, 3]]))

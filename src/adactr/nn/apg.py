@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from adactr.data.schema import FieldLayout
 from adactr.data.tensors import Batch
 from adactr.errors import AdactrError, ConfigError
-from adactr.nn.mlp import MLP
+from adactr.nn.mlp import MLP, WideOutputLinear
 
 
 class APGVersion(str, Enum):
@@ -227,7 +227,8 @@ class ParameterGenerator(nn.Module):
         super().__init__()
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
-        self.net = MLP(input_dim=cond_dim, hidden=tuple(hidden), output_dim=sum(self.sizes))
+        self.net = MLP(input_dim=cond_dim, hidden=tuple(hidden), output_dim=sum(self.sizes),
+                       output_layer=WideOutputLinear)
         out = self.net.out
         assert out is not None
         row_std = torch.cat([torch.full((n,), float(s)) for n, s in zip(self.sizes, stds, strict=True)])
@@ -238,6 +239,8 @@ class ParameterGenerator(nn.Module):
     def forward(self, z: Tensor) -> list[Tensor]:
         flat = self.net(z)  # (B, sum of sizes)
         B = flat.shape[0]
+        if len(self.sizes) == 1:  # no split: its backward would copy the whole (B, N*M) gradient once more
+            return [flat.reshape(B, *self.shapes[0])]
         return [p.reshape(B, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes, strict=True)]
 
 
