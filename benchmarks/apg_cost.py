@@ -4,6 +4,8 @@
     python benchmarks/apg_cost.py table5 --device cuda           # ... on a GPU (the paper's setting)
     python benchmarks/apg_cost.py serving --device cpu           # Base vs v5 training form vs v5 collapsed
     python benchmarks/apg_cost.py generator --device cpu         # G's output layer: nn.Linear vs ours
+    python benchmarks/apg_cost.py table5 --input 100 --rank 8 --cond-dim 10 --sizes 64,32,16 --batch 4096
+                                                                 # the Table 4 tower, group-wise
 
 table5: an MLP tower with input width 393 and hidden sizes [64,32,16] .. [1024,512,256], every hidden layer
 static (Base) or APG v1..v5 with K = 4, self-wise condition (z = the layer's own input; the paper does
@@ -11,6 +13,8 @@ not say which condition its Table 5 used, and self-wise needs no extra input). S
 every variant, all in one run. Time = one training step (forward, backward, Adam), median of --reps.
 Memory = the hidden layers' parameters + the activations autograd saves for backward (counted with
 saved-tensor hooks, so it means the same on CPU and GPU); on CUDA also the step's peak allocation.
+--input, --rank, --sizes and --cond-dim (a group-wise condition: one learned vector per row, standing in
+for a field embedding) change the setting, e.g. to the tower APG Table 4 trains.
 
 generator: one forward + backward of the generator's output layer (condition width -> the flattened
 generated matrices, e.g. 10 -> 256 x 100 for v1), ``nn.Linear`` vs :class:`WideOutputLinear` (same
@@ -62,13 +66,30 @@ def _median_seconds(fn: Callable[[], None], device: torch.device, reps: int, war
     return statistics.median(times)
 
 
-def _tower(variant: str, hidden: tuple[int, ...], width: int) -> MLP:
+class _GroupConditioned(nn.Module):
+    """A tower fed one learned condition vector per row, standing in for a group field's embedding."""
+
+    def __init__(self, tower: MLP, z: torch.Tensor) -> None:
+        super().__init__()
+        self.tower = tower
+        self.z = nn.Parameter(z)  # (B, Dz), trained like the embedding it stands for
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower(x, self.z)
+
+
+def _tower(variant: str, hidden: tuple[int, ...], width: int, *, rank: int = 4, cond_dim: int = 0,
+           batch: int = 0) -> nn.Module:
+    """Base or APG ``variant``; self-wise, or group-wise on a ``cond_dim``-wide condition when > 0."""
     if variant == "base":
         layer = Linear
     else:
-        cfg = APGConfig(version=APGVersion(variant), rank=4, condition=ConditionMode.SELF)
-        layer = apg_layer_factory(cfg, cond_dim=0)
-    return MLP(input_dim=width, hidden=hidden, output_dim=1, layer=layer)
+        mode = ConditionMode.GROUP if cond_dim else ConditionMode.SELF
+        cfg = APGConfig(version=APGVersion(variant), rank=rank, condition=mode,
+                        condition_fields=("group",) if cond_dim else ())
+        layer = apg_layer_factory(cfg, cond_dim=cond_dim)
+    tower = MLP(input_dim=width, hidden=hidden, output_dim=1, layer=layer)
+    return _GroupConditioned(tower, torch.randn(batch, cond_dim)) if cond_dim else tower
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -100,25 +121,27 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
 def table5(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    width, B = 393, args.batch
+    width, B, K = args.input, args.batch, args.rank
     x = torch.randn(B, width, device=device)
     y = (torch.rand(B, device=device) < 0.3).float()
-    print(f"Table 5 (input {width}, K = 4, batch {B}, self-wise condition, {device}, median of {args.reps} steps)")
+    cond = f"group-wise condition of width {args.cond_dim}" if args.cond_dim else "self-wise condition"
+    print(f"Table 5 (input {width}, K = {K}, batch {B}, {cond}, {device}, median of {args.reps} steps)")
     print("| hidden | " + " | ".join(f"{v} time ms (Δ%)" for v in VARIANTS) + " | "
           + " | ".join(f"{v} memory MB (Δ%)" for v in VARIANTS) + " |")
     print("|---" * (1 + 2 * len(VARIANTS)) + "|")
-    for hidden in SIZES:
+    sizes = [tuple(int(h) for h in t.split(",")) for t in args.sizes.split(";")] if args.sizes else SIZES
+    for hidden in sizes:
         times, mems = {}, {}
         for v in VARIANTS:
             if v in args.skip.split(","):
                 continue
             torch.manual_seed(0)
-            model = _tower(v, hidden, width).to(device)
+            model = _tower(v, hidden, width, rank=K, cond_dim=args.cond_dim, batch=B).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
             step = partial(_train_step, model, opt, x, y)
             times[v] = _median_seconds(step, device, args.reps, args.warmup) * 1e3
-            param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+            param_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "z")
             mem = param_bytes + _saved_bytes(model, x, y)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -222,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip", default="", help="table5: variants to leave out, e.g. v1")
+    ap.add_argument("--input", type=int, default=393, help="table5: input width (the paper: 393)")
+    ap.add_argument("--rank", type=int, default=4, help="table5: K (the paper: 4)")
+    ap.add_argument("--sizes", default="", help='table5: hidden sizes, e.g. "64,32,16;256,128,64" (default: the '
+                    "paper's five)")
+    ap.add_argument("--cond-dim", type=int, default=0,
+                    help="table5: group-wise condition of this width instead of self-wise (0)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
