@@ -50,9 +50,8 @@ class WideOutputLinear(Linear):
     products differs. Autograd's ``F.linear`` forms ``dW = g^T x`` as a (out, B) @ (B, in) product, which
     the CPU BLAS runs at a few GFLOP/s when ``in`` is tiny; here ``dW = (x^T g)^T`` ((in, B) @ (B, out)).
     One CPU thread, B = 4096, forward + backward: 10 -> 25,600 1463 -> 618 ms, 10 -> 160,000 11.2 -> 3.4 s,
-    no change at in = 64 or 393 (``benchmarks/apg_cost.py generator --threads 1 --batch 4096``); a
-    group-conditioned v1 tower [256, 128, 64] steps in 2.8 s instead of 4.8 s. Without autograd (evaluation,
-    export) it is plain ``F.linear``.
+    no change at in = 64 or 393 (``benchmarks/apg_cost.py generator --threads 1 --batch 4096``). Without
+    autograd (evaluation, export) it is plain ``F.linear``.
     """
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
