@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import apg_cost  # noqa: E402
 import apg_table2  # noqa: E402
 from accuracy import run_grid  # noqa: E402
 
@@ -38,3 +39,13 @@ def test_apg_table2_prints_base_and_each_variant(world_data, tmp_path, capsys):
     saved = json.loads((tmp_path / "t2.json").read_text())["results"]
     assert saved["group(user)"]["wdl"][0]["overrides"][-1] == "train.seed=1"
     assert "model.apg.condition_fields=user_id" in saved["group(user)"]["wdl"][0]["overrides"]
+
+
+def test_apg_cost_table5_group_wise_on_a_chosen_tower(capsys):
+    assert apg_cost.main(["table5", "--batch", "8", "--input", "6", "--rank", "2", "--cond-dim", "3",
+                          "--sizes", "4,3;5,2", "--reps", "1", "--warmup", "0", "--skip", "v3"]) == 0
+    out = capsys.readouterr().out
+    assert "input 6, K = 2, batch 8, group-wise condition of width 3" in out
+    rows = [line for line in out.splitlines() if line.startswith("| [")]
+    assert [r.split(" |")[0] for r in rows] == ["| [4, 3]", "| [5, 2]"]
+    assert all(r.count(" - ") == 2 for r in rows)  # v3 skipped: no time, no memory
