@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -43,6 +44,7 @@ from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode, apg_layer_factory
 from adactr.nn.mlp import MLP, Linear, WideOutputLinear
+from adactr.train.cpu_memory import keep_freed_memory
 
 SIZES = [(64, 32, 16), (128, 64, 32), (256, 128, 64), (512, 256, 128), (1024, 512, 256)]
 VARIANTS = ["base", "v1", "v2", "v3", "v4", "v5"]
@@ -251,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
                     "paper's five)")
     ap.add_argument("--cond-dim", type=int, default=0,
                     help="table5: group-wise condition of this width instead of self-wise (0)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="apply the trainer's CPU allocator setting first (adactr/train/cpu_memory.py)")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     {"table5": table5, "serving": serving, "generator": generator}[args.what](args)

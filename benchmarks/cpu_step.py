@@ -1,11 +1,14 @@
 """One DeepFM training step on a Criteo-shaped batch: milliseconds per step, optionally profiled.
 
-    python benchmarks/cpu_step.py --threads 2 [--compile] [--profile]
+    python benchmarks/cpu_step.py --threads 2 [--keep-freed-memory] [--compile] [--profile]
 
 The model and optimiser of ``benchmarks/speed.py``'s 5M-row Criteo-shaped run (39 categorical fields,
 a 222k-row table, embedding 10, tower [400, 400, 400], Adam, batch 4096) on random long-tailed indices:
 isolates the step from data preparation, so a kernel change can be compared in seconds. ``--profile``
 prints the operators by self time (how much of the step is matrix multiplication).
+``--keep-freed-memory`` applies the trainer's glibc setting (adactr/train/cpu_memory.py) first; the
+allocator cannot be switched back within a process, so compare it across two runs. Each step is timed
+on its own and the median is printed beside the mean (this shared CPU has noisy neighbours).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from adactr.data.tensors import Batch
 from adactr.models.config import ModelConfig
 from adactr.models.registry import build_model
 from adactr.train.config import TrainConfig
+from adactr.train.cpu_memory import keep_freed_memory
 from adactr.train.trainer import build_optimizers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent / "peers")]
@@ -36,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (compile time not timed)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="the trainer's glibc setting (CPU default)")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory and not keep_freed_memory():
+        print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does
     torch.manual_seed(0)
@@ -59,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
     for b in batches:  # warm-up (and compilation)
         step(b)
-    t0 = time.perf_counter()
+    times = []
     for i in range(args.steps):
+        t0 = time.perf_counter()
         step(batches[i % len(batches)])
-    ms = (time.perf_counter() - t0) / args.steps * 1e3
+        times.append((time.perf_counter() - t0) * 1e3)
+    ms, mean = sorted(times)[len(times) // 2], sum(times) / len(times)
     flops = B * dnn_flops_per_sample(39 * 10, [400, 400, 400])  # tower forward + backward
-    print(f"threads {args.threads}{' compiled' if args.compile else ''}: {ms:.1f} ms/step, "
+    print(f"threads {args.threads}{' compiled' if args.compile else ''}"
+          f"{' keep-freed-memory' if args.keep_freed_memory else ''}: median {ms:.1f} ms/step (mean {mean:.1f}), "
           f"{B / ms * 1e3:,.0f} samples/s, tower {flops / ms / 1e6:.1f} GFLOP/s")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

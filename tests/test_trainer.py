@@ -75,3 +75,22 @@ def test_config_file_and_set_override_it(tmp_path, world_data):
     saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["model"]["hidden"] == [16] and saved["train"]["epochs"] == 1
     assert saved["train"]["batch_size"] == 900  # --set wins over the file
+
+
+def test_keep_freed_memory_takes_effect_on_glibc_and_is_idempotent():
+    import platform
+    import sys
+
+    from adactr.train.cpu_memory import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert keep_freed_memory() == first
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert first, "mallopt should be accepted by glibc"
+
+
+def test_keep_freed_memory_can_be_switched_off(tmp_path, world_data):
+    run = tmp_path / "off"
+    assert main(["train", "--data", str(world_data), "--out", str(run), *ARGS,
+                 "--set", "train.keep_freed_memory=false"]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["train"]["keep_freed_memory"] is False

@@ -28,6 +28,7 @@ from adactr.data.tensors import Batch, DeviceSplit, SplitArrays
 from adactr.errors import TrainingError
 from adactr.train import checkpoint
 from adactr.train.config import Optimizer, TrainConfig
+from adactr.train.cpu_memory import keep_freed_memory
 from adactr.train.metrics import evaluate as compute_metrics
 
 
@@ -124,6 +125,8 @@ class Trainer:
         # Adam's second moments of rarely-seen embedding rows decay into denormal floats, which the CPU
         # handles ~100x slower; flushing them to zero changes nothing measurable in accuracy.
         torch.set_flush_denormal(True)
+        if self.device.type == "cpu" and cfg.keep_freed_memory:
+            keep_freed_memory()
         opts = build_optimizers(model, cfg)
         resident = train.to_tensors(self.device) if train.nbytes <= cfg.max_resident_bytes else None
         result = FitResult()
