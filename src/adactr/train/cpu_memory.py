@@ -1,11 +1,10 @@
 """Keep freed memory inside the process on the CPU (glibc ``mallopt``), so training steps stop page-faulting.
 
-A CPU training step allocates and frees the same large buffers every time: DeepFM on the Criteo-shaped
-rows makes an 8.9 MB dense gradient for its 222k x 10 embedding table, (4096, 400) activations and
-their gradients; APG v1/v2 make 100 MB-1 GB generated matrices. glibc serves blocks above its mmap
-threshold with fresh ``mmap`` pages and gives freed memory back to the kernel (``munmap``, heap trimming),
-so every step touches new pages and pays a page fault per 4 KB. With ``M_MMAP_MAX = 0`` (no mmap'd
-blocks) and a high ``M_TRIM_THRESHOLD`` the freed blocks stay in the heap and the next step reuses them.
+A CPU training step allocates and frees the same large buffers every time (APG v1/v2: 100 MB-1 GB
+generated matrices per step). glibc serves blocks above its mmap threshold (at most 32 MB) with fresh
+``mmap`` pages and gives freed memory back to the kernel (``munmap``, heap trimming), so each such step
+touches new pages and pays a page fault per 4 KB. With ``M_MMAP_MAX = 0`` (no mmap'd blocks) and a high
+``M_TRIM_THRESHOLD`` the freed blocks stay in the heap and the next step reuses them.
 
 Measured on the 2-core CPU, one APG training step of the Table 4 tower (WDL [64, 32, 16], batch 4096,
 one thread, two runs each way; ``python benchmarks/apg_cost.py table5 --device cpu --batch 4096 --input
