@@ -44,7 +44,7 @@ from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode, apg_layer_factory
 from adactr.nn.mlp import MLP, Linear, WideOutputLinear
-from adactr.train.cpu_memory import keep_freed_memory
+from adactr.train.cpu_memory import freed_memory_kept
 
 SIZES = [(64, 32, 16), (128, 64, 32), (256, 128, 64), (512, 256, 128), (1024, 512, 256)]
 VARIANTS = ["base", "v1", "v2", "v3", "v4", "v5"]
@@ -55,16 +55,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+KEEP_FREED = False  # --keep-freed-memory: time each contender inside the trainer's allocator scope
+
+
 def _median_seconds(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
     times = []
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    with freed_memory_kept(KEEP_FREED and device.type == "cpu"):
+        for _ in range(warmup):
+            fn()
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -169,6 +173,11 @@ def table5(args: argparse.Namespace) -> None:
                 cell += f" [peak {peak:.1f}]"
             cells_m.append(cell)
         print(f"| {list(hidden)} | " + " | ".join(cells_t) + " | " + " | ".join(cells_m) + " |", flush=True)
+    if device.type == "cpu":
+        import resource  # POSIX; this benchmark runs on Linux
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KB -> GB
+        print(f"peak resident memory of this process: {peak:.1f} GB")
 
 
 def _frappe_like_batch(B: int, device: torch.device) -> tuple[FieldLayout, Batch]:
@@ -254,10 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cond-dim", type=int, default=0,
                     help="table5: group-wise condition of this width instead of self-wise (0)")
     ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="apply the trainer's CPU allocator setting first (adactr/train/cpu_memory.py)")
+                    help="time each contender inside the trainer's CPU allocator scope "
+                         "(adactr/train/cpu_memory.py; the trainer's default)")
     args = ap.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
+    global KEEP_FREED
+    KEEP_FREED = args.keep_freed_memory
+    if KEEP_FREED:
+        with freed_memory_kept() as kept:
+            if not kept:
+                print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     {"table5": table5, "serving": serving, "generator": generator}[args.what](args)

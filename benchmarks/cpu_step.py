@@ -6,8 +6,8 @@ The model and optimiser of ``benchmarks/speed.py``'s 5M-row Criteo-shaped run (3
 a 222k-row table, embedding 10, tower [400, 400, 400], Adam, batch 4096) on random long-tailed indices:
 isolates the step from data preparation, so a kernel change can be compared in seconds. ``--profile``
 prints the operators by self time (how much of the step is matrix multiplication).
-``--keep-freed-memory`` applies the trainer's glibc setting (adactr/train/cpu_memory.py) first; the
-allocator cannot be switched back within a process, so compare it across two runs. Each step is timed
+``--keep-freed-memory`` runs everything inside the trainer's glibc allocator scope
+(adactr/train/cpu_memory.py); compare it across two runs. Each step is timed
 on its own and the median is printed beside the mean (this shared CPU has noisy neighbours).
 """
 
@@ -26,7 +26,7 @@ from adactr.data.tensors import Batch
 from adactr.models.config import ModelConfig
 from adactr.models.registry import build_model
 from adactr.train.config import TrainConfig
-from adactr.train.cpu_memory import keep_freed_memory
+from adactr.train.cpu_memory import freed_memory_kept
 from adactr.train.trainer import build_optimizers
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent / "peers")]
@@ -42,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--keep-freed-memory", action="store_true", help="the trainer's glibc setting (CPU default)")
     args = ap.parse_args(argv)
-    if args.keep_freed_memory and not keep_freed_memory():
-        print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
+    with freed_memory_kept(args.keep_freed_memory) as kept:
+        if args.keep_freed_memory and not kept:
+            print("note: glibc mallopt unavailable, --keep-freed-memory has no effect", file=sys.stderr)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from adactr.cli import main
 from adactr.train import trainer as trainer_mod
@@ -77,16 +78,49 @@ def test_config_file_and_set_override_it(tmp_path, world_data):
     assert saved["train"]["batch_size"] == 900  # --set wins over the file
 
 
-def test_keep_freed_memory_takes_effect_on_glibc_and_is_idempotent():
+def _glibc() -> bool:
     import platform
     import sys
 
-    from adactr.train.cpu_memory import keep_freed_memory
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
-    first = keep_freed_memory()
-    assert keep_freed_memory() == first
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert first, "mallopt should be accepted by glibc"
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not _glibc(), reason="the allocator setting is glibc's")
+def test_freed_memory_is_kept_inside_the_scope_and_returned_on_leaving_it(monkeypatch):
+    from adactr.train import cpu_memory
+
+    for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(k, raising=False)
+    with cpu_memory.freed_memory_kept() as kept:
+        assert kept, "glibc should accept mallopt"
+        with cpu_memory.freed_memory_kept() as inner:  # nested: shares the outer scope
+            assert inner
+        before = _rss_mb()
+        x = torch.ones(50 * 2**20)  # 200 MB, far above glibc's mmap threshold
+        assert _rss_mb() - before > 150
+        del x
+        kept_mb = _rss_mb() - before
+        assert kept_mb > 150, "a freed buffer stays in the process inside the scope"
+    assert _rss_mb() - before < 50, "leaving the scope hands the kept memory back"
+    assert cpu_memory._depth == 0
+    x = torch.ones(50 * 2**20)
+    del x
+    assert _rss_mb() - before < 50, "outside the scope glibc's defaults are back (mmap, returned on free)"
+
+
+def test_freed_memory_scope_leaves_the_allocator_alone_when_disabled_or_set_from_the_shell(monkeypatch):
+    from adactr.train import cpu_memory
+
+    with cpu_memory.freed_memory_kept(False) as kept:
+        assert not kept
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    with cpu_memory.freed_memory_kept() as kept:
+        assert not kept
 
 
 def test_keep_freed_memory_can_be_switched_off(tmp_path, world_data):

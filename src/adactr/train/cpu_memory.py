@@ -1,4 +1,4 @@
-"""Keep freed memory inside the process on the CPU (glibc ``mallopt``), so training steps stop page-faulting.
+"""Keep freed memory inside the process on the CPU (glibc ``mallopt``) while training steps run.
 
 A CPU training step allocates and frees the same large buffers every time (APG v1/v2: 100 MB-1 GB
 generated matrices per step). glibc serves blocks above its mmap threshold (at most 32 MB) with fresh
@@ -12,36 +12,70 @@ one thread, two runs each way; ``python benchmarks/apg_cost.py table5 --device c
 v1 344 / 393 -> 232 / 230 ms, v2 486 / 399 -> 319 / 255 ms. DeepFM's step showed no difference beyond
 this machine's noise (``python benchmarks/cpu_step.py --threads 2 [--keep-freed-memory]``). Nothing
 numerical changes: only where buffers come from.
-The cost is that the process's resident memory no longer shrinks after a peak, which for a training
-process (whose next step needs the same memory again) is what we want.
 
-The same effect from the shell: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<bytes>``.
+The setting is scoped (:func:`freed_memory_kept`), not left on for the life of the process: a heap that
+never returns memory fragments when differently sized buffers follow one another, and one process that
+built the Table 5 towers one after another ([64,32,16] .. [1024,512,256], v1..v5) with the setting left
+on grew to the machine's 24 GB and was killed, where without it the same run finished. So the trainer
+keeps freed memory only while an epoch's training steps run (the same buffers, step after step); on leaving
+the scope the glibc defaults come back and ``malloc_trim`` hands the kept memory to the kernel.
+
+The same effect from the shell, for a whole process: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<bytes>``.
+When either of those variables is set, this module leaves the allocator alone.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_MAX = -4
 _TRIM_BYTES = 2**31 - 1  # mallopt takes an int: trim only when 2 GB lie free at the heap's top
+_DEFAULT_MMAP_MAX = 65536  # glibc's defaults (malloc/malloc.c), restored on leaving the scope
+_DEFAULT_TRIM_BYTES = 128 * 1024
+_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 
-_applied = False
+_depth = 0
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks for reuse. Returns whether it took effect (False off glibc)."""
-    global _applied
-    if _applied:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
+def _libc() -> Any | None:
+    """glibc's handle, or None (another OS or libc, or the user set the allocator from the shell)."""
+    if not sys.platform.startswith("linux") or any(k in os.environ for k in _ENV):
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     except (OSError, AttributeError):  # musl or another libc: leave the allocator alone
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
-    return _applied
+        return None
+    return libc
+
+
+@contextmanager
+def freed_memory_kept(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, glibc keeps freed blocks for reuse; on leaving it, its defaults come back and the
+    kept memory is trimmed. Yields whether the setting is in effect. Nested blocks share the outermost's."""
+    global _depth
+    libc = _libc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    if _depth == 0:
+        applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
+        if not applied:
+            yield False
+            return
+    _depth += 1
+    try:
+        yield True
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_BYTES)
+            libc.malloc_trim(0)

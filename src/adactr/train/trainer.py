@@ -28,7 +28,7 @@ from adactr.data.tensors import Batch, DeviceSplit, SplitArrays
 from adactr.errors import TrainingError
 from adactr.train import checkpoint
 from adactr.train.config import Optimizer, TrainConfig
-from adactr.train.cpu_memory import keep_freed_memory
+from adactr.train.cpu_memory import freed_memory_kept
 from adactr.train.metrics import evaluate as compute_metrics
 
 
@@ -125,8 +125,6 @@ class Trainer:
         # Adam's second moments of rarely-seen embedding rows decay into denormal floats, which the CPU
         # handles ~100x slower; flushing them to zero changes nothing measurable in accuracy.
         torch.set_flush_denormal(True)
-        if self.device.type == "cpu" and cfg.keep_freed_memory:
-            keep_freed_memory()
         opts = build_optimizers(model, cfg)
         resident = train.to_tensors(self.device) if train.nbytes <= cfg.max_resident_bytes else None
         result = FitResult()
@@ -159,27 +157,18 @@ class Trainer:
             self._sync()
             t0 = time.perf_counter()
             step = 0
-            for batch in self._epoch_batches(train, resident, epoch):
-                logits = step_fn(batch)
-                loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-                aux = getattr(model, "auxiliary_loss", None)
-                if aux is not None:
-                    loss = loss + aux()
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                for o in opts:
-                    o.step()
-                losses[step] = loss.detach()
-                step += 1
-                if cfg.progress and (step % 50 == 0 or step == n_steps):
-                    # the only host sync inside the epoch, and only with a progress bar: without one the
-                    # loss buffer is checked once at the end (it still names the first bad step)
-                    self._check_finite(losses, step, epoch)
-                    bar.set_postfix(loss=f"{losses[max(0, step - 50):step].mean().item():.4f}", refresh=False)
-                    bar.update(step - bar.n)
+            # the training steps reuse the same buffers: keep them in the process (CPU) for the epoch
+            keep = self.device.type == "cpu" and cfg.keep_freed_memory
+            with freed_memory_kept(keep):
+                for batch in self._epoch_batches(train, resident, epoch):
+                    losses[step] = self._step(step_fn, model, opts, batch)
+                    step += 1
+                    if cfg.progress and (step % 50 == 0 or step == n_steps):
+                        # the only host sync inside the epoch, and only with a progress bar: without one the
+                        # loss buffer is checked once at the end (it still names the first bad step)
+                        self._check_finite(losses, step, epoch)
+                        bar.set_postfix(loss=f"{losses[max(0, step - 50):step].mean().item():.4f}", refresh=False)
+                        bar.update(step - bar.n)
             self._sync()
             seconds = time.perf_counter() - t0
             bar.close()
@@ -219,6 +208,21 @@ class Trainer:
         return result
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _step(self, step_fn: Any, model: nn.Module, opts: list[torch.optim.Optimizer], batch: Batch) -> Tensor:
+        """One optimisation step; returns the batch's loss (still on the device)."""
+        loss = F.binary_cross_entropy_with_logits(step_fn(batch), batch.label)
+        aux = getattr(model, "auxiliary_loss", None)
+        if aux is not None:
+            loss = loss + aux()
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
+        for o in opts:
+            o.step()
+        return loss.detach()
+
     def _steps_per_epoch(self, n: int, *, streamed: bool) -> int:
         bs = self.cfg.batch_size
         if not streamed:
