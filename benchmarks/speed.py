@@ -13,7 +13,9 @@ number of epochs. Contenders:
   torch.compile'd on a GPU).
 
 The fraction of the GEMM rate is FLOPs per training sample (3 x sum 2*in*out over the tower) x samples/s
-divided by the measured rate of a tower-shaped fp32 matmul on the same device (peers/gemm_rate.py).
+divided by the measured rate of a tower-shaped fp32 matmul on the same device (peers/gemm_rate.py:
+torch.mm; on the CPU also oneDNN's rate for that shape, a second and stricter column, since adactr's CPU
+linear layers run through oneDNN, which is faster than torch.mm's MKL on this AMD CPU).
 Peak memory of a preparation is the peak RSS of its process tree (FuxiCTR prepares in worker processes).
 """
 
@@ -123,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, dict] = {}
     gemm = _run_json([sys.executable, str(PEERS / "gemm_rate.py"), "--device", args.device,
                       *(["--threads", str(args.threads)] if args.threads else []), "--input-dim", "400"])
-    ref = gemm.get("reference_gflops")
-    print(f"GEMM reference ({gemm.get('reference_shape')}): {ref} GFLOP/s on {args.device}", file=sys.stderr)
+    ref, ref_dnn = gemm.get("reference_gflops"), gemm.get("onednn_reference_gflops")
+    print(f"GEMM reference ({gemm.get('reference_shape')}): {ref} GFLOP/s on {args.device}"
+          f"{f' (oneDNN: {ref_dnn} GFLOP/s)' if ref_dnn else ''}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="adactr-speed-") as tmp_s:
         tmp = Path(tmp_s)
@@ -181,17 +184,18 @@ def main(argv: list[str] | None = None) -> int:
                 ("fuxictr", "deepctr"))), default=None)
             hand_best = max((r["samples_per_second"] for r in trains if r.get("library", "").startswith(
                 "handwritten")), default=None)
-            print("| library | samples/s | x faster peer | % of hand-written | % of GEMM rate |")
-            print("|---|---|---|---|---|")
+            print("| library | samples/s | x faster peer | % of hand-written | % of GEMM rate | % of oneDNN rate |")
+            print("|---|---|---|---|---|---|")
             for r in rec["train"]:
                 if "samples_per_second" not in r:
-                    print(f"| {r.get('library', '?')} | failed: {r.get('error')} | | | |")
+                    print(f"| {r.get('library', '?')} | failed: {r.get('error')} | | | | |")
                     continue
                 sps = r["samples_per_second"]
                 xp = f"{sps / peer_best:.2f}" if peer_best else "-"
                 xh = f"{100 * sps / hand_best:.0f}%" if hand_best else "-"
                 xg = f"{100 * (flops or 0) * sps / (ref * 1e9):.0f}%" if ref and flops else "-"
-                print(f"| {r['library']} | {sps:,.0f} | {xp} | {xh} | {xg} |")
+                xd = f"{100 * (flops or 0) * sps / (ref_dnn * 1e9):.0f}%" if ref_dnn and flops else "-"
+                print(f"| {r['library']} | {sps:,.0f} | {xp} | {xh} | {xg} | {xd} |")
             print("\n| preparation | rows | seconds | rows/s | peak memory (MB) |")
             print("|---|---|---|---|---|")
             for r in rec["prepare"]:

@@ -225,3 +225,61 @@ def test_wide_output_linear_without_autograd_is_plain_linear() -> None:
         ours.bias.copy_(torch.tensor([0.0, 0, 0, 1]))
         y = ours(torch.tensor([[3.0, 4]]), None)
     assert torch.equal(y, torch.tensor([[3.0, 4, 7, 3]]))
+
+
+# --- Linear on the CPU: oneDNN products -----------------------------------------------------------
+
+onednn = pytest.mark.skipif(not mlp.CPU_ONEDNN, reason="this torch build has no oneDNN linear")
+
+
+def _grads(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    y = layer(x)
+    y.backward(g)
+    bias = () if layer.bias is None else (layer.bias.grad,)
+    return (y.detach(), x.grad, layer.weight.grad, *bias)
+
+
+@onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_onednn_path_matches_f_linear(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same outputs and gradients (float rounding only) as PyTorch's F.linear; the oneDNN path is the one taken."""
+    torch.manual_seed(0)
+    layer = Linear(39, 17, bias=bias)
+    x = torch.randn(33, 39)
+    g = torch.randn(33, 17)
+    y = layer(x.requires_grad_())
+    assert type(y.grad_fn).__name__ == "_OneDnnLinearFnBackward"
+    ours = _grads(layer, x, g)
+    monkeypatch.setattr(mlp, "CPU_ONEDNN", False)
+    assert type(layer(x).grad_fn).__name__ == ("AddmmBackward0" if bias else "MmBackward0")
+    ref = _grads(layer, x, g)
+    assert len(ours) == len(ref) == 3 + bias
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@onednn
+def test_linear_onednn_handles_a_transposed_input_and_frozen_weights() -> None:
+    torch.manual_seed(0)
+    layer = Linear(5, 3)
+    x = torch.randn(5, 8).t()  # (8, 5), not contiguous
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer.requires_grad_(False)
+    xg = x.detach().clone().requires_grad_()
+    layer(xg).sum().backward()  # only the input needs a gradient
+    torch.testing.assert_close(xg.grad, layer.weight.sum(0).expand(8, 5))
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+
+
+def test_linear_falls_back_to_f_linear_off_the_onednn_path() -> None:
+    """float64, 3-D inputs: PyTorch's own product, bit for bit."""
+    torch.manual_seed(0)
+    layer = Linear(4, 2).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer = Linear(4, 2)
+    x3 = torch.randn(2, 3, 4)
+    assert torch.equal(layer(x3), torch.nn.functional.linear(x3, layer.weight, layer.bias))

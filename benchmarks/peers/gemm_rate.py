@@ -10,11 +10,15 @@ Shapes timed (m x k) @ (k x n), fp32, each repeated for about ``--seconds`` afte
 * ``tower_{B}x{h}x{h}``: a hidden layer of the DeepFM tower at batch B (default 4096 x 400 x 400);
 * ``tower_in_{B}x{k}x{h}``: the first layer (input fields*emb -> 400; default k = 39*10 = 390, Criteo);
 * ``tower_bwd_{h}x{B}x{h}``: the weight-gradient product of a hidden layer (h x B) @ (B x h);
-* ``square_{N}``: a large square product (default N = 2048 on CPU, 8192 on GPU).
+* ``square_{N}``: a large square product (default N = 2048 on CPU, 8192 on GPU);
+* on the CPU also ``onednn_tower_{B}x{h}x{h}``: the tower-shaped product through oneDNN
+  (``torch.ops.mkldnn._linear_pointwise``, what adactr's CPU linear layers use), which on an AMD CPU
+  can be faster than ``torch.mm``'s MKL.
 
 ``reference_gflops`` is the rate of the tower-shaped product (the first shape): FLOPs per sample x
 samples/s of a library divided by it is the fraction of the achievable GEMM rate that library reaches
-(the tower's products dominate DeepFM's FLOPs; see _common.dnn_flops_per_sample). On a GPU, TF32 is
+(the tower's products dominate DeepFM's FLOPs; see _common.dnn_flops_per_sample). ``onednn_reference_gflops``
+is the oneDNN rate of the same shape, for a second, stricter fraction. On a GPU, TF32 is
 left off (``torch.backends.cuda.matmul.allow_tf32 = False``), matching the libraries' fp32 default,
 unless ``--tf32``.
 """
@@ -26,25 +30,33 @@ import json
 import time
 
 
-def rate(torch, m: int, k: int, n: int, device: str, seconds: float) -> dict:
+def rate(torch, m: int, k: int, n: int, device: str, seconds: float, onednn: bool = False) -> dict:
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)
     out = torch.empty(m, n, device=device)
     cuda = device.startswith("cuda")
+    if onednn:  # a @ b as a linear layer with weight b^T (n, k), as adactr's CPU Linear runs it
+        bt = b.t().contiguous()
+
+        def product():
+            return torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    else:
+        def product():
+            return torch.mm(a, b, out=out)
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
     for _ in range(3):
-        torch.mm(a, b, out=out)
+        product()
     sync()
     # calibrate the repeat count to about `seconds`
     reps, t = 1, 0.0
     while True:
         t0 = time.perf_counter()
         for _ in range(reps):
-            torch.mm(a, b, out=out)
+            product()
         sync()
         t = time.perf_counter() - t0
         if t >= seconds / 4 or reps >= 1 << 20:
@@ -55,7 +67,7 @@ def rate(torch, m: int, k: int, n: int, device: str, seconds: float) -> dict:
     for _ in range(3):  # best of 3 rounds: other processes share the CPU
         t0 = time.perf_counter()
         for _ in range(reps):
-            torch.mm(a, b, out=out)
+            product()
         sync()
         dt = (time.perf_counter() - t0) / reps
         best = dt if best is None else min(best, dt)
@@ -92,6 +104,9 @@ def main() -> None:
         f"square_{sq}": (sq, sq, sq),
     }
     res = {name: rate(torch, *s, args.device, args.seconds) for name, s in shapes.items()}
+    onednn = not cuda and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if onednn:
+        res[f"onednn_tower_{B}x{h}x{h}"] = rate(torch, B, h, h, args.device, args.seconds, onednn=True)
     out = {
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
@@ -104,6 +119,7 @@ def main() -> None:
         },
         "reference_shape": f"tower_{B}x{h}x{h}",
         "reference_gflops": round(res[f"tower_{B}x{h}x{h}"]["gflops"], 2),
+        "onednn_reference_gflops": round(res[f"onednn_tower_{B}x{h}x{h}"]["gflops"], 2) if onednn else None,
     }
     print(json.dumps(out), flush=True)
 
