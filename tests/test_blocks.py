@@ -283,3 +283,32 @@ def test_linear_falls_back_to_f_linear_off_the_onednn_path() -> None:
     layer = Linear(4, 2)
     x3 = torch.randn(2, 3, 4)
     assert torch.equal(layer(x3), torch.nn.functional.linear(x3, layer.weight, layer.bias))
+
+
+def test_fm_written_out_gradient_equals_autograd_of_the_formula() -> None:
+    """_FMFn's backward (g * (sum_f e_f - e_f)) against autograd of Rendle's Lemma 3.1, and gradcheck."""
+    torch.manual_seed(0)
+    emb = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 1, dtype=torch.float64)
+    s = emb.sum(dim=1)
+    formula = 0.5 * (s.square() - emb.square().sum(dim=1)).sum(dim=1, keepdim=True)
+    (g_formula,) = torch.autograd.grad(formula, emb, g)
+    ours = FMInteraction()(emb)
+    (g_ours,) = torch.autograd.grad(ours, emb, g)
+    torch.testing.assert_close(ours, formula)
+    torch.testing.assert_close(g_ours, g_formula)
+    assert torch.autograd.gradcheck(FMInteraction(), (emb.detach().requires_grad_(),))
+    # by hand, one row: e = [[1, 2], [3, 4], [5, 6]], g = 1: d/d e_1 = sum_f e_f - e_1 = [8, 10]
+    e = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]], requires_grad=True)
+    FMInteraction()(e).sum().backward()
+    assert torch.equal(e.grad, torch.tensor([[[8.0, 10.0], [6.0, 8.0], [4.0, 6.0]]]))
+
+
+def test_embedding_int32_and_int64_indices_give_the_same_rows() -> None:
+    """Prepared data is int32: the int32 offset path must pick exactly the rows the int64 one does."""
+    emb = FieldEmbedding(layout=_layout(cat=(3, 4)), dim=2, init_std=1.0)
+    cat = torch.tensor([[0, 3], [2, 1]])
+    out64 = emb(_batch(cat.tolist()))
+    out32 = emb(Batch(cat=cat.int(), num=torch.zeros(2, 0), seq=(), label=torch.zeros(2)))
+    assert torch.equal(out32, out64)
+    assert torch.equal(out64[0, 1], emb.table.weight[3 + 3])  # field 1 starts at row 3

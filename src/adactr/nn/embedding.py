@@ -72,10 +72,19 @@ class FieldEmbedding(nn.Module):
             return _GatherRows.apply(w, idx)
         return self.table(idx)
 
+    def _global_index(self, cat: Tensor) -> Tensor:
+        """Field-local indices (B, Fc) -> rows of the table, int64 (B, Fc)."""
+        off = self.cat_offsets
+        if cat.dtype == torch.int32 and self.table.num_embeddings < 2**31:
+            # int32 + int64 takes PyTorch's slow casting path: 0.94 ms for a (4096, 39) batch on two CPU
+            # threads, against 0.02 ms for int32 + int32 (prepared data is int32)
+            off = off.to(torch.int32)
+        return (cat + off).long()  # int64: the CPU index_add_ of the backward is ~3x slower with int32
+
     def forward(self, batch: Batch) -> Tensor:
         parts = []
         if batch.cat.shape[1]:
-            parts.append(self.lookup(batch.cat + self.cat_offsets))  # (B, Fc, D)
+            parts.append(self.lookup(self._global_index(batch.cat)))  # (B, Fc, D)
         if self.layout.n_num:
             parts.append(batch.num.unsqueeze(-1) * self.num_weight)  # (B, Fn, D)
         for seq, off, use_sum in zip(batch.seq, self.seq_offsets, self.seq_sum, strict=True):
