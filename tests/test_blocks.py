@@ -247,8 +247,8 @@ def test_linear_onednn_path_matches_f_linear(bias: bool, monkeypatch: pytest.Mon
     """Same outputs and gradients (float rounding only) as PyTorch's F.linear; the oneDNN path is the one taken."""
     torch.manual_seed(0)
     layer = Linear(39, 17, bias=bias)
-    x = torch.randn(33, 39)
-    g = torch.randn(33, 17)
+    x = torch.randn(mlp.ONEDNN_MIN_ROWS + 5, 39)
+    g = torch.randn(mlp.ONEDNN_MIN_ROWS + 5, 17)
     y = layer(x.requires_grad_())
     assert type(y.grad_fn).__name__ == "_OneDnnLinearFnBackward"
     ours = _grads(layer, x, g)
@@ -264,22 +264,30 @@ def test_linear_onednn_path_matches_f_linear(bias: bool, monkeypatch: pytest.Mon
 def test_linear_onednn_handles_a_transposed_input_and_frozen_weights() -> None:
     torch.manual_seed(0)
     layer = Linear(5, 3)
-    x = torch.randn(5, 8).t()  # (8, 5), not contiguous
+    n = mlp.ONEDNN_MIN_ROWS
+    x = torch.randn(5, n).t()  # (n, 5), not contiguous
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     layer.requires_grad_(False)
     xg = x.detach().clone().requires_grad_()
-    layer(xg).sum().backward()  # only the input needs a gradient
-    torch.testing.assert_close(xg.grad, layer.weight.sum(0).expand(8, 5))
+    y = layer(xg)
+    assert type(y.grad_fn).__name__ == "_OneDnnLinearFnBackward"
+    y.sum().backward()  # only the input needs a gradient
+    torch.testing.assert_close(xg.grad, layer.weight.sum(0).expand(n, 5))
     with torch.no_grad():
         assert layer(x).grad_fn is None
 
 
 def test_linear_falls_back_to_f_linear_off_the_onednn_path() -> None:
-    """float64, 3-D inputs: PyTorch's own product, bit for bit."""
+    """float64, small batches, 3-D inputs: PyTorch's own product, bit for bit."""
     torch.manual_seed(0)
     layer = Linear(4, 2).double()
-    x = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.randn(mlp.ONEDNN_MIN_ROWS, 4, dtype=torch.float64)
     assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer = Linear(4, 2)
+    x = torch.randn(mlp.ONEDNN_MIN_ROWS - 1, 4, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "AddmmBackward0"
+    assert torch.equal(y, torch.nn.functional.linear(x, layer.weight, layer.bias))
     layer = Linear(4, 2)
     x3 = torch.randn(2, 3, 4)
     assert torch.equal(layer(x3), torch.nn.functional.linear(x3, layer.weight, layer.bias))

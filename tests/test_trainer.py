@@ -128,3 +128,22 @@ def test_keep_freed_memory_can_be_switched_off(tmp_path, world_data):
     assert main(["train", "--data", str(world_data), "--out", str(run), *ARGS,
                  "--set", "train.keep_freed_memory=false"]) == 0
     assert json.loads((run / "config.json").read_text())["config"]["train"]["keep_freed_memory"] is False
+
+
+def test_predict_logits_inside_the_allocator_scope_gives_the_same_logits() -> None:
+    """The CPU allocator scope around prediction changes where buffers come from, never the numbers."""
+    from adactr.data.schema import FieldLayout
+    from adactr.data.tensors import DeviceSplit
+    from adactr.models.config import ModelConfig
+    from adactr.models.registry import build_model
+
+    torch.manual_seed(0)
+    layout = FieldLayout(names=("a", "b"), cat_sizes=(5, 7), n_num=0, seq_sizes=(), seq_pooling=())
+    model = build_model("deepfm", layout=layout, config=ModelConfig())
+    n = 300
+    split = DeviceSplit({"cat": torch.stack([torch.randint(0, 5, (n,)), torch.randint(0, 7, (n,))], 1).int(),
+                         "num": torch.zeros(n, 0), "label": torch.zeros(n)})
+    kept = trainer_mod.predict_logits(model, split, 128, keep_freed_memory=True)
+    plain = trainer_mod.predict_logits(model, split, 128, keep_freed_memory=False)
+    assert kept.shape == (n,)
+    assert torch.equal(kept, plain)

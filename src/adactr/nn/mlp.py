@@ -27,9 +27,15 @@ def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# Below this many rows oneDNN's per-call overhead outweighs its faster product: a 400 -> 400 layer
+# without autograd, two threads, oneDNN vs F.linear: 1 row 28 vs 20 us, 64 rows 135 vs 128 us, 256 rows
+# 401 vs 420 us, 4096 rows 6.3-6.6 vs 7.1-7.4 ms (single-row serving stays on F.linear).
+ONEDNN_MIN_ROWS = 128
+
+
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return (CPU_ONEDNN and x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.compiler.is_compiling())
+    return (CPU_ONEDNN and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] >= ONEDNN_MIN_ROWS
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and not torch.compiler.is_compiling())
 
 
 class _OneDnnLinearFn(torch.autograd.Function):
@@ -66,8 +72,9 @@ class Linear(nn.Linear):
     MKL: on this project's 2-core AMD EPYC, MKL multiplies a (4096, 400) by a (400, 390) matrix (the input
     gradient of a 39-field x 10 tower's first layer) at ~107 GFLOP/s and oneDNN at ~196; a (4096, 400)
     by (400, 400) ``addmm`` at ~125-135 against oneDNN's ~185-200
-    (``python benchmarks/cpu_step.py --threads 2 --gemm``). Same maths; results differ by float rounding
-    only, and are reproducible run to run.
+    (``python benchmarks/cpu_step.py --threads 2 --gemm``). Batches under :data:`ONEDNN_MIN_ROWS` rows,
+    other dtypes, inputs that are not 2-D and ``torch.compile`` keep ``F.linear``. Same maths; results
+    differ by float rounding only, and are reproducible run to run.
     """
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:

@@ -68,9 +68,15 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, split: DeviceSplit, batch_size: int) -> Tensor:
+def predict_logits(model: nn.Module, split: DeviceSplit, batch_size: int, *, keep_freed_memory: bool = True
+                   ) -> Tensor:
+    """Logits of every row, in order. On the CPU the batches run inside the allocator scope the training
+    steps use (see adactr/train/cpu_memory.py): same-sized buffers batch after batch."""
     model.eval()
-    return torch.cat([model(b) for b in split.batches(batch_size)]) if len(split) else torch.zeros(0)
+    if not len(split):
+        return torch.zeros(0)
+    with freed_memory_kept(keep_freed_memory and split.t["label"].device.type == "cpu"):
+        return torch.cat([model(b) for b in split.batches(batch_size)])
 
 
 def evaluate_split(model: nn.Module, split: DeviceSplit, *, batch_size: int,
