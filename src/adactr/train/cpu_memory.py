@@ -20,6 +20,10 @@ on grew to the machine's 24 GB and was killed, where without it the same run fin
 keeps freed memory only while an epoch's training steps run (the same buffers, step after step); on leaving
 the scope the glibc defaults come back and ``malloc_trim`` hands the kept memory to the kernel.
 
+After a scope the heap may still hold free blocks (trimmed: their pages are given back); a later
+allocation outside any scope that fits one is served from it instead of a fresh ``mmap``, and is kept
+until the next scope ends. So the process's history decides where a buffer comes from, never what it holds.
+
 The same effect from the shell, for a whole process: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<bytes>``.
 When either of those variables is set, this module leaves the allocator alone.
 """
