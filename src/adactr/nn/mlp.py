@@ -70,8 +70,8 @@ class Linear(nn.Linear):
 
     On the CPU a float32 layer runs its forward and input-gradient products through oneDNN rather than
     MKL: on this project's 2-core AMD EPYC, MKL multiplies a (4096, 400) by a (400, 390) matrix (the input
-    gradient of a 39-field x 10 tower's first layer) at ~107 GFLOP/s and oneDNN at ~196; a (4096, 400)
-    by (400, 400) ``addmm`` at ~125-135 against oneDNN's ~185-200
+    gradient of a 39-field x 10 tower's first layer) at 110 GFLOP/s and oneDNN at 195; a hidden layer's
+    forward, (4096, 400) by (400, 400) plus bias, at 160 against 199
     (``python benchmarks/cpu_step.py --threads 2 --gemm``). Batches under :data:`ONEDNN_MIN_ROWS` rows,
     other dtypes, inputs that are not 2-D and ``torch.compile`` keep ``F.linear``. Same maths; results
     differ by float rounding only, and are reproducible run to run.

@@ -124,10 +124,13 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
     results: dict[str, Any] = {"model": model_name, "device": str(device), "seed": tc.seed,
                                "params": n_params}
     eb = tc.eval_batch_size
-    results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names)
+    keep = tc.keep_freed_memory
+    results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names,
+                                      keep_freed_memory=keep)
     del valid
     test = SplitArrays.load(data / "test").to_tensors(device)
-    results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names)
+    results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names,
+                                     keep_freed_memory=keep)
     results.update({
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
@@ -162,7 +165,7 @@ def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device =
                         file=str(data / "schema.json"))
     split_t = SplitArrays.load(data / split).to_tensors(dev)
     return evaluate_split(model, split_t, batch_size=config.train.eval_batch_size,
-                          domain_names=schema.domain_names)
+                          domain_names=schema.domain_names, keep_freed_memory=config.train.keep_freed_memory)
 
 
 def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None,
@@ -175,7 +178,7 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
     from adactr.data.prepare import Format, load_vocabs, read_raw
 
     dev = pick_device(device)
-    model, schema, _, _ = load_run(run, dev)
+    model, schema, config, _ = load_run(run, dev)
     df = read_raw(Format(fmt or schema.source_format), input)
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
@@ -183,7 +186,8 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
                         f"{', '.join(schema.columns)}", file=str(input))
     arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
     split = SplitArrays(arrays).to_tensors(dev)
-    probs = torch.sigmoid(predict_logits(model, split, batch_size).float()).cpu().numpy()
+    logits = predict_logits(model, split, batch_size, keep_freed_memory=config.train.keep_freed_memory)
+    probs = torch.sigmoid(logits.float()).cpu().numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     pl.DataFrame({"probability": probs}).write_csv(tmp)

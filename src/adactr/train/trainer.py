@@ -80,8 +80,8 @@ def predict_logits(model: nn.Module, split: DeviceSplit, batch_size: int, *, kee
 
 
 def evaluate_split(model: nn.Module, split: DeviceSplit, *, batch_size: int,
-                   domain_names: tuple[str, ...] = ()) -> dict[str, Any]:
-    logits = predict_logits(model, split, batch_size).float()
+                   domain_names: tuple[str, ...] = (), keep_freed_memory: bool = True) -> dict[str, Any]:
+    logits = predict_logits(model, split, batch_size, keep_freed_memory=keep_freed_memory).float()
     t = split.t
     return compute_metrics(logits, t["label"], groups=t.get("group"), domains=t.get("domain"),
                            domain_names=list(domain_names) or None)
@@ -184,7 +184,7 @@ class Trainer:
             result.epochs = epoch + 1
 
             metrics = evaluate_split(model, valid, batch_size=cfg.eval_batch_size,
-                                     domain_names=self.domain_names)
+                                     domain_names=self.domain_names, keep_freed_memory=cfg.keep_freed_memory)
             auc = metrics["auc"]
             improved = auc > result.best_auc
             record = {"epoch": epoch + 1, "train_loss": float(losses[:step].mean()), "valid_auc": auc,
