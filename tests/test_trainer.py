@@ -116,7 +116,9 @@ def test_freed_memory_is_kept_inside_the_scope_and_returned_on_leaving_it():
     """In a fresh process: what the allocator does depends on what the process allocated before (a heap
     left with free blocks by earlier scopes serves later allocations from them), so it is checked in one
     whose history is only this."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
+    from adactr.train import cpu_memory
+
+    env = {k: v for k, v in os.environ.items() if k not in cpu_memory._ENV}  # variables that disable the scope
     p = subprocess.run([sys.executable, "-c", _SCOPE_SCRIPT], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
 
