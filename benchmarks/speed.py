@@ -72,12 +72,14 @@ def adactr_prepare(files: dict[str, Path], fmt: str, out: Path) -> dict:
             "peak_mb": peak}
 
 
-def adactr_train(data: Path, args: argparse.Namespace, workdir: Path, *, compile: bool = False) -> dict:
+def adactr_train(data: Path, args: argparse.Namespace, workdir: Path, *, variant: str = "") -> dict:
+    """variant: "" (eager), "compiled" (train.compile) or "cuda-graph" (train.cuda_graph)."""
     run = workdir / "adactr-run"
     sets = {"model.embedding_dim": args.emb, "model.hidden": f"[{args.hidden}]", "model.dropout": 0,
             "model.batch_norm": "false", "train.batch_size": args.batch, "train.epochs": args.epochs,
             "train.patience": 1000, "train.lr": 1e-3, "train.threads": args.threads or 0,
-            "train.compile": "true" if compile else "false"}
+            "train.compile": str(variant == "compiled").lower(),
+            "train.cuda_graph": str(variant == "cuda-graph").lower()}
     cmd = [sys.executable, "-m", "adactr.cli", "train", "--data", str(data), "--model", "deepfm", "--out", str(run),
            "--overwrite", "--quiet", "--device", args.device]
     for k, v in sets.items():
@@ -86,9 +88,9 @@ def adactr_train(data: Path, args: argparse.Namespace, workdir: Path, *, compile
     if p.returncode != 0:
         return {"library": "adactr", "error": p.stderr.strip().splitlines()[-1:]}
     m = json.loads((run / "metrics.json").read_text())
-    return {"library": "adactr" + ("-compiled" if compile else ""),
+    return {"library": "adactr" + (f"-{variant}" if variant else ""),
             "samples_per_second": m["samples_per_second"], "train_seconds": m["train_seconds"],
-            "params": m["params"], "test_auc": m["test"]["auc"]}
+            "params": m["params"], "test_auc": m["test"]["auc"], "cuda_graph": m.get("cuda_graph")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="python of the peers' venv (see benchmarks/peers/README.md); missing = peers skipped")
     ap.add_argument("--peers", default="fuxictr,deepctr", help="which peers to run")
     ap.add_argument("--adactr-compile", action="store_true", help="also time adactr with train.compile=true")
+    ap.add_argument("--adactr-cuda-graph", action="store_true",
+                    help="also time adactr with train.cuda_graph=true (the step replayed as a CUDA graph)")
     ap.add_argument("--no-prepare-peers", action="store_true", help="skip the peers' preparation timing")
     ap.add_argument("--frappe-dir", type=Path, default=FRAPPE)
     ap.add_argument("--out", type=Path, help="write all records as JSON here")
@@ -167,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             # training
             rec["train"].append(adactr_train(prepared, args, tmp))
             if args.adactr_compile:
-                rec["train"].append(adactr_train(prepared, args, tmp, compile=True))
+                rec["train"].append(adactr_train(prepared, args, tmp, variant="compiled"))
+            if args.adactr_cuda_graph:
+                rec["train"].append(adactr_train(prepared, args, tmp, variant="cuda-graph"))
             for peer in peers:
                 script = {"fuxictr": "fuxictr_deepfm.py", "deepctr": "deepctr_deepfm.py"}[peer]
                 extra = ["--valid", str(files["valid"])] if peer == "fuxictr" and ds == "frappe" else []
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                 xg = f"{100 * (flops or 0) * sps / (ref * 1e9):.0f}%" if ref and flops else "-"
                 xd = f"{100 * (flops or 0) * sps / (ref_dnn * 1e9):.0f}%" if ref_dnn and flops else "-"
                 print(f"| {r['library']} | {sps:,.0f} | {xp} | {xh} | {xg} | {xd} |")
+                if r.get("cuda_graph"):
+                    print(f"|   (cuda_graph: {r['cuda_graph']}) | | | | | |")
             print("\n| preparation | rows | seconds | rows/s | peak memory (MB) |")
             print("|---|---|---|---|---|")
             for r in rec["prepare"]:

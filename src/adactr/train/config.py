@@ -44,6 +44,9 @@ class TrainConfig:
     max_resident_bytes: int = 40 * 2**30
     chunk_rows: int = 2_000_000
     compile: bool = False  # torch.compile the model (GPU: worth it for long runs)
+    # CUDA only: capture the whole training step (forward, backward, Adam) in a CUDA graph and replay it
+    # per batch, removing the per-operator launch cost; see adactr/train/graphed.py. Ignored on the CPU.
+    cuda_graph: bool = False
     # CPU: keep freed memory in the process (glibc mallopt) so steps reuse buffers instead of
     # page-faulting fresh ones; see adactr/train/cpu_memory.py. Changes speed only, never results.
     keep_freed_memory: bool = True

@@ -136,6 +136,8 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
         "samples_per_second": round(fit.samples_per_second, 1), "history": fit.history,
     })
+    if fit.cuda_graph is not None:
+        results["cuda_graph"] = fit.cuda_graph
     checkpoint.write_json(files.metrics, results)
     return results
 

@@ -1,0 +1,111 @@
+"""train.cuda_graph: the capture schedule (adactr/train/graphed.py) checked on the CPU.
+
+The CUDA mechanism needs a GPU; its plumbing does not. ``EagerReplay`` follows the same schedule as
+CUDA graphs (warm-up steps, capture at a full batch, replays, eager partial batches, re-capture after a
+learning-rate change), so training through it must be bit-identical to the plain eager loop.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from adactr.data.schema import Schema
+from adactr.data.tensors import Batch, SplitArrays
+from adactr.errors import ConfigError
+from adactr.models.config import ModelConfig
+from adactr.models.registry import build_model
+from adactr.train.config import Optimizer, TrainConfig
+from adactr.train.graphed import EagerReplay, GraphedStep
+from adactr.train.trainer import Trainer
+
+
+def _fit(world, cfg: TrainConfig, backend=None):
+    schema = Schema.load(world / "schema.json")
+    torch.manual_seed(0)
+    model = build_model("deepfm", layout=schema.layout(), config=ModelConfig(hidden=(32, 16), dropout=0.1))
+    train = SplitArrays.load(world / "train")
+    valid = SplitArrays.load(world / "valid").to_tensors(torch.device("cpu"))
+    trainer = Trainer(config=cfg, device=torch.device("cpu"), capture_backend=backend)
+    fit = trainer.fit(model, train, valid)
+    return fit, model.state_dict()
+
+
+def test_capture_schedule_trains_exactly_like_the_eager_loop(world_data):
+    # 3 epochs, batch 512: each epoch has full batches and a partial last one; lr_decay 0.5 with
+    # patience 5 makes any epoch without a better AUC change the learning rate (a re-capture)
+    cfg = TrainConfig(epochs=3, batch_size=512, patience=5, lr_decay=0.5, seed=3, progress=False)
+    eager_fit, eager_w = _fit(world_data, cfg)
+    backend = EagerReplay()
+    graph_fit, graph_w = _fit(world_data, TrainConfig(**{**cfg.__dict__, "cuda_graph": True}), backend)
+    def untimed(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert untimed(graph_fit.history) == untimed(eager_fit.history)
+    assert eager_w.keys() == graph_w.keys()
+    for k in eager_w:
+        assert torch.equal(eager_w[k], graph_w[k]), k
+    stats = graph_fit.cuda_graph
+    rows = len(SplitArrays.load(world_data / "train"))
+    full, partial = divmod(rows, 512)
+    assert partial, "the test needs a partial last batch"
+    assert stats["eager_steps"] == 3 + 3 * 1  # warm-up, then each epoch's partial batch
+    assert stats["replays"] == 3 * full - 3
+    lr_changes = sum(a["lr"] != b["lr"] for a, b in zip(eager_fit.history, eager_fit.history[1:], strict=False))
+    assert lr_changes >= 1, "the test needs a learning-rate change"
+    assert stats["captures"] == backend.captures == 1 + lr_changes
+    assert stats["failed"] is None
+    assert eager_fit.cuda_graph is None
+
+
+def _batch(n: int, value: float) -> Batch:
+    return Batch(cat=torch.full((n, 2), int(value), dtype=torch.int32), num=torch.full((n, 1), value),
+                 seq=(torch.zeros(n, 3, dtype=torch.int64),), label=torch.full((n,), value))
+
+
+def test_replays_read_each_batch_from_the_static_buffers():
+    seen, rates = [], [0.1]
+
+    def step(b: Batch) -> torch.Tensor:
+        seen.append((b.size, float(b.label[0]), float(b.num[0, 0]), int(b.cat[0, 0])))
+        return b.label.sum()
+
+    backend = EagerReplay()
+    g = GraphedStep(step, backend=backend, release_grads=lambda: None, learning_rates=lambda: tuple(rates),
+                    warmup=2)
+    out = [float(g(_batch(4, v))) for v in (1, 2, 3, 4)]
+    out.append(float(g(_batch(3, 5))))  # a partial batch: eager
+    rates[0] = 0.01  # reduce-on-plateau: the next full batch captures again
+    out += [float(g(_batch(4, v))) for v in (6, 7)]
+    assert out == [4, 8, 12, 16, 15, 24, 28]
+    assert [s[1] for s in seen] == [1, 2, 3, 4, 5, 6, 7]  # each batch's own values, once each
+    assert [s[1] == s[2] == s[3] for s in seen] == [True] * 7
+    assert (g.eager_steps, g.replays, backend.captures) == (3, 4, 2)
+
+
+def test_failed_capture_warns_once_and_trains_on_eagerly():
+    class Refuses(EagerReplay):
+        def capture(self, fn):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    calls = []
+    g = GraphedStep(lambda b: calls.append(b.size) or b.label.sum(), backend=Refuses(),
+                    release_grads=lambda: None, learning_rates=lambda: (0.1,), warmup=1)
+    with pytest.warns(RuntimeWarning, match="capture failed.*not permitted when stream is capturing"):
+        assert float(g(_batch(2, 1))) == 2 and float(g(_batch(2, 3))) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(g(_batch(2, 4))) == 8
+    assert g.failed == "operation not permitted when stream is capturing"
+    assert (g.eager_steps, g.replays, len(calls)) == (3, 0, 3)
+
+
+def test_cuda_graph_config_checks(world_data):
+    with pytest.raises(ConfigError, match="train.cuda_graph and train.compile"):
+        Trainer(config=TrainConfig(cuda_graph=True, compile=True), device=torch.device("cpu"))._graph_backend()
+    with pytest.raises(ConfigError, match="adam optimiser only, not adagrad, adam"):
+        Trainer(config=TrainConfig(cuda_graph=True, embedding_optimizer=Optimizer.ADAGRAD),
+                device=torch.device("cpu"))._graph_backend()
+    with pytest.warns(RuntimeWarning, match="needs a CUDA device: training eagerly on cpu"):
+        fit, _ = _fit(world_data, TrainConfig(epochs=1, batch_size=512, cuda_graph=True, progress=False))
+    assert fit.cuda_graph is None
