@@ -109,3 +109,28 @@ def test_cuda_graph_config_checks(world_data):
     with pytest.warns(RuntimeWarning, match="needs a CUDA device: training eagerly on cpu"):
         fit, _ = _fit(world_data, TrainConfig(epochs=1, batch_size=512, cuda_graph=True, progress=False))
     assert fit.cuda_graph is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs)")
+def test_cuda_graphs_train_like_the_eager_loop_on_a_gpu(world_data):
+    """The real mechanism: same schedule, same kernels, so the same model up to the GPU's atomics."""
+    cuda = torch.device("cuda")
+    cfg = TrainConfig(epochs=3, batch_size=512, patience=5, lr_decay=0.5, seed=3, progress=False)
+
+    def fit(graphs: bool):
+        schema = Schema.load(world_data / "schema.json")
+        torch.manual_seed(0)
+        model = build_model("deepfm", layout=schema.layout(), config=ModelConfig(hidden=(32, 16)))
+        valid = SplitArrays.load(world_data / "valid").to_tensors(cuda)
+        c = TrainConfig(**{**cfg.__dict__, "cuda_graph": graphs})
+        result = Trainer(config=c, device=cuda).fit(model, SplitArrays.load(world_data / "train"), valid)
+        return result, {k: v.cpu() for k, v in model.state_dict().items()}
+
+    eager_fit, eager_w = fit(False)
+    graph_fit, graph_w = fit(True)
+    assert graph_fit.cuda_graph["failed"] is None
+    assert graph_fit.cuda_graph["replays"] > 0 and graph_fit.cuda_graph["captures"] >= 1
+    for k in eager_w:
+        torch.testing.assert_close(graph_w[k], eager_w[k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(eager_fit.history, graph_fit.history, strict=True):
+        assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=1e-4)
