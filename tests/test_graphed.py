@@ -6,15 +6,19 @@ learning-rate change), so training through it must be bit-identical to the plain
 """
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from adactr.data.schema import Schema
+from adactr.data.schema import FieldLayout, Pooling, Schema
 from adactr.data.tensors import Batch, SplitArrays
 from adactr.errors import ConfigError
 from adactr.models.config import ModelConfig
-from adactr.models.registry import build_model
+from adactr.models.config import TowerLayer
+from adactr.models.registry import MODELS, build_model
+from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
 from adactr.train.config import Optimizer, TrainConfig
 from adactr.train.graphed import EagerReplay, GraphedStep
 from adactr.train.trainer import Trainer
@@ -134,3 +138,60 @@ def test_cuda_graphs_train_like_the_eager_loop_on_a_gpu(world_data):
         torch.testing.assert_close(graph_w[k], eager_w[k], rtol=1e-4, atol=1e-5, msg=k)
     for a, b in zip(eager_fit.history, graph_fit.history, strict=True):
         assert a["valid_auc"] == pytest.approx(b["valid_auc"], abs=1e-4)
+
+
+# Operators that wait for the device (a value or a data-dependent shape read back by the host): any of
+# these in a training step makes CUDA-graph capture fail ("operation not permitted when stream is capturing").
+_SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
+            "_unique", "_unique2", "unique_consecutive", "bincount", "repeat_interleave", "histc"}
+
+
+class _SyncRecorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in _SYNCING:
+            self.found.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+_LAYOUT = FieldLayout(names=("a", "b", "c", "x", "y", "s"), cat_sizes=(5, 7, 4), n_num=2, seq_sizes=(6,),
+                      seq_pooling=(Pooling.MEAN,))
+_CFG = ModelConfig(embedding_dim=4, hidden=(8, 4), cross_layers=2, attention_heads=2, attention_dim=3,
+                   dropout=0.1, batch_norm=True)
+_APG = replace(_CFG, tower_layer=TowerLayer.APG)
+_CASES = [(name, _CFG) for name in MODELS] + [(name, replace(_CFG, autoint_plus=True)) for name in ("autoint",)] + [
+    ("deepfm", replace(_APG, apg=APGConfig(version=v))) for v in APGVersion] + [
+    ("deepfm", replace(_APG, apg=APGConfig(condition=c, condition_fields=("a", "s"))))
+    for c in (ConditionMode.GROUP, ConditionMode.MIX_INPUT, ConditionMode.MIX_OUTPUT)] + [
+    ("dcnv2", replace(_APG, adaptive_cross=True)),
+    ("dcn", replace(_APG, adaptive_cross=True)),
+]
+
+
+@pytest.mark.parametrize(("name", "config"), _CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(_CASES)])
+def test_every_training_step_is_free_of_host_syncs(name, config):
+    """What CUDA graphs need of a model: forward and backward never read a device value on the host."""
+    g = torch.Generator().manual_seed(0)
+    cat = torch.stack([torch.randint(0, n, (16,), generator=g) for n in _LAYOUT.cat_sizes], dim=1).int()
+    batch = Batch(cat=cat, num=torch.randn(16, 2, generator=g), seq=(torch.randint(0, 6, (16, 3), generator=g),),
+                  label=torch.randint(0, 2, (16,), generator=g).float())
+    model = build_model(name, layout=_LAYOUT, config=config).train()
+    with _SyncRecorder() as rec:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+        aux = getattr(model, "auxiliary_loss", None)
+        if aux is not None:
+            loss = loss + aux()
+        loss.backward()
+    assert not rec.found, f"{name}: host-syncing operators {sorted(rec.found)}"
+
+
+def test_the_sync_recorder_catches_host_reads():
+    x = torch.randn(8, requires_grad=True)
+    for f in (lambda: float(x.sum()), lambda: x[x > 0].sum().backward(), lambda: bool((x > 0).any())):
+        with _SyncRecorder() as rec:
+            f()
+        assert rec.found, f
