@@ -15,8 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from adactr.data.schema import FieldLayout, Pooling, Schema
 from adactr.data.tensors import Batch, SplitArrays
 from adactr.errors import ConfigError
-from adactr.models.config import ModelConfig
-from adactr.models.config import TowerLayer
+from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import MODELS, build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
 from adactr.train.config import Optimizer, TrainConfig
@@ -155,6 +154,10 @@ class _SyncRecorder(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _SYNCING:
             self.found.add(name)
+        # a boolean-mask index has a data-dependent shape (on CUDA: a nonzero, read back by the host)
+        if name in ("index", "index_put", "index_put_", "_index_put_impl_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ()):
+            self.found.add(f"{name} with a boolean mask")
         return func(*args, **(kwargs or {}))
 
 
@@ -191,7 +194,8 @@ def test_every_training_step_is_free_of_host_syncs(name, config):
 
 def test_the_sync_recorder_catches_host_reads():
     x = torch.randn(8, requires_grad=True)
-    for f in (lambda: float(x.sum()), lambda: x[x > 0].sum().backward(), lambda: bool((x > 0).any())):
+    for f in (lambda: float(x.detach().sum()), lambda: x[x > 0].sum().backward(), lambda: bool((x > 0).any()),
+              lambda: (x > 0).nonzero()):
         with _SyncRecorder() as rec:
             f()
         assert rec.found, f
