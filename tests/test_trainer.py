@@ -71,6 +71,28 @@ def test_streamed_chunks_when_data_exceeds_the_device_budget(tmp_path, world_dat
     assert m["test"]["auc"] > 0.55 and len(m["history"]) == 3
 
 
+def test_automatic_resident_budget(tmp_path, world_data, monkeypatch):
+    """train.max_resident_bytes=0 (the default) asks the machine: half of what is available."""
+    total_kb = int(dict(line.split(":", 1) for line in open("/proc/meminfo"))["MemTotal"].split()[0])
+    assert 0 < trainer_mod.resident_budget(torch.device("cpu")) <= total_kb * 1024 // 2
+    chunked = []
+    original = trainer_mod.SplitArrays.chunks
+
+    def counting(self, *a, **k):
+        chunked.append(len(self))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.SplitArrays, "chunks", counting)
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "a"), *ARGS]) == 0
+    assert chunked == []  # the click world fits
+    monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 1000)
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "b"), *ARGS]) == 0
+    assert len(chunked) == 3  # one streamed pass per epoch
+    assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "c"), *ARGS,
+                 "--set", f"train.max_resident_bytes={2**30}"]) == 0
+    assert len(chunked) == 3  # an explicit budget wins over the automatic one
+
+
 def test_config_file_and_set_override_it(tmp_path, world_data):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model:\n  hidden: [16]\ntrain:\n  epochs: 1\n  batch_size: 700\n")

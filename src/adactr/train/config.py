@@ -41,7 +41,9 @@ class TrainConfig:
     device: Device = Device.AUTO
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     # Bytes of encoded training data kept resident on the device; larger sets stream memory-mapped chunks.
-    max_resident_bytes: int = 40 * 2**30
+    # 0 = automatic: half of the device's free memory (CUDA) or of the memory available (CPU), as found
+    # when training starts; see adactr.train.trainer.resident_budget.
+    max_resident_bytes: int = 0
     chunk_rows: int = 2_000_000
     compile: bool = False  # torch.compile the model (GPU: worth it for long runs)
     # CUDA only: capture the whole training step (forward, backward, Adam) in a CUDA graph and replay it

@@ -12,6 +12,7 @@ seeded by (seed, epoch), so the data order does not depend on whether the run wa
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -70,6 +71,27 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = F
     if dense:
         opts.append(_make_optimizer(cfg.optimizer, dense, lr=cfg.lr, l2=cfg.dense_l2, capturable=capturable))
     return opts
+
+
+def resident_budget(device: torch.device) -> int:
+    """The automatic ``train.max_resident_bytes``: half of the free memory of a CUDA device, or half of
+    the memory the system reports available (``MemAvailable``: free plus reclaimable page cache) for the
+    CPU. Half, because training needs room beside the data (model, optimiser state, activations, and on
+    the CPU the rest of the system); data above it streams in memory-mapped chunks instead of failing or
+    thrashing: on the CPU the resident split is the memory-mapped file itself, and a shuffled pass over a
+    file larger than memory would read the disk at random."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError):  # not Linux: physical memory, as sysconf reports it
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):
+            return 8 * 2**30
 
 
 @torch.no_grad()
@@ -162,7 +184,8 @@ class Trainer:
         torch.set_flush_denormal(True)
         graphs = self._graph_backend()
         opts = build_optimizers(model, cfg, capturable=isinstance(graphs, CudaGraphs))
-        resident = train.to_tensors(self.device) if train.nbytes <= cfg.max_resident_bytes else None
+        budget = cfg.max_resident_bytes or resident_budget(self.device)
+        resident = train.to_tensors(self.device) if train.nbytes <= budget else None
         result = FitResult()
         best_state: dict[str, Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
