@@ -39,6 +39,24 @@ def test_train_writes_metrics_config_checkpoint(tmp_path, world_data):
     assert main(["evaluate", "--run", str(run), "--data", str(world_data)]) == 0
 
 
+def test_evaluate_and_predict_show_progress_over_batches_unless_quiet(tmp_path, world_data, world_csv, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(run), *FAST,
+                 "--set", "train.eval_batch_size=100"]) == 0  # 600 test rows: 6 batches
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(world_data)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["auc"] > 0.5 and "test:" in err and "/6 " in err
+    assert main(["evaluate", "--run", str(run), "--data", str(world_data), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    pred = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run), "--input", str(world_csv["test"]), "--output", str(pred)]) == 0
+    assert "predict" in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), "--input", str(world_csv["test"]), "--output", str(pred),
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_predict_raw_rows_with_unseen_values(tmp_path, world_data, world_csv):
     run = tmp_path / "run"
     assert main(["train", "--data", str(world_data), "--model", "dnn", "--out", str(run), *FAST]) == 0

@@ -97,12 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--data", type=Path, required=True)
     pe.add_argument("--split", default="test", choices=["train", "valid", "test"])
     pe.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pe.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("predict", help="raw rows in, click probabilities out")
     pr.add_argument("--run", type=Path, required=True)
     pr.add_argument("--input", type=Path, required=True, help="raw file in the format the run was prepared from")
     pr.add_argument("--output", type=Path, required=True, help="CSV with one column `probability`")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("models", help="list the models with their papers")
 
@@ -211,7 +213,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from adactr.train.config import Device
     from adactr.train.run import evaluate_run
 
-    print(json.dumps(evaluate_run(run=args.run, data=args.data, split=args.split, device=Device(args.device)),
+    print(json.dumps(evaluate_run(run=args.run, data=args.data, split=args.split, device=Device(args.device),
+                                  progress=not args.quiet),
                      indent=1))
     return 0
 
@@ -220,7 +223,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from adactr.train.config import Device
     from adactr.train.run import predict_file
 
-    n = predict_file(run=args.run, input=args.input, output=args.output, device=Device(args.device))
+    n = predict_file(run=args.run, input=args.input, output=args.output, device=Device(args.device),
+                     progress=not args.quiet)
     print(f"wrote {n} probabilities to {args.output}")
     return 0
 

@@ -126,11 +126,11 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
     eb = tc.eval_batch_size
     keep = tc.keep_freed_memory
     results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names,
-                                      keep_freed_memory=keep)
+                                      keep_freed_memory=keep, progress=tc.progress, desc="valid")
     del valid
     test = SplitArrays.load(data / "test").to_tensors(device)
     results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names,
-                                     keep_freed_memory=keep)
+                                     keep_freed_memory=keep, progress=tc.progress, desc="test")
     results.update({
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
@@ -156,8 +156,8 @@ def load_run(run: Path, device: torch.device | None = None) -> tuple[nn.Module, 
     return model, schema, config, saved
 
 
-def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device = Device.AUTO
-                 ) -> dict[str, Any]:
+def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device = Device.AUTO,
+                 progress: bool = False) -> dict[str, Any]:
     dev = pick_device(device)
     model, schema, config, _ = load_run(run, dev)
     data_schema = Schema.load(data / "schema.json")
@@ -166,13 +166,14 @@ def evaluate_run(*, run: Path, data: Path, split: str = "test", device: Device =
                         f"trained on ({schema.fingerprint()}): prepare it with the run's schema",
                         file=str(data / "schema.json"))
     split_t = SplitArrays.load(data / split).to_tensors(dev)
-    return evaluate_split(model, split_t, batch_size=config.train.eval_batch_size,
-                          domain_names=schema.domain_names, keep_freed_memory=config.train.keep_freed_memory)
+    return evaluate_split(model, split_t, batch_size=config.train.eval_batch_size, domain_names=schema.domain_names,
+                          keep_freed_memory=config.train.keep_freed_memory, progress=progress, desc=split)
 
 
 def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None,
-                 device: Device = Device.AUTO, batch_size: int = 65536) -> int:
-    """Raw rows in, probabilities out (one column ``probability``); returns the row count."""
+                 device: Device = Device.AUTO, batch_size: int | None = None, progress: bool = False) -> int:
+    """Raw rows in, probabilities out (one column ``probability``); returns the row count. Batches of
+    ``batch_size`` rows, by default the run's ``train.eval_batch_size``."""
     # the raw-file readers need polars; training from prepared arrays does not (GPU boxes may lack it)
     import polars as pl
 
@@ -188,7 +189,9 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
                         f"{', '.join(schema.columns)}", file=str(input))
     arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
     split = SplitArrays(arrays).to_tensors(dev)
-    logits = predict_logits(model, split, batch_size, keep_freed_memory=config.train.keep_freed_memory)
+    tc = config.train
+    logits = predict_logits(model, split, batch_size or tc.eval_batch_size, keep_freed_memory=tc.keep_freed_memory,
+                            progress=progress)
     probs = torch.sigmoid(logits.float()).cpu().numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")

@@ -95,20 +95,26 @@ def resident_budget(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, split: DeviceSplit, batch_size: int, *, keep_freed_memory: bool = True
-                   ) -> Tensor:
+def predict_logits(model: nn.Module, split: DeviceSplit, batch_size: int, *, keep_freed_memory: bool = True,
+                   progress: bool = False, desc: str = "predict") -> Tensor:
     """Logits of every row, in order. On the CPU the batches run inside the allocator scope the training
-    steps use (see adactr/train/cpu_memory.py): same-sized buffers batch after batch."""
+    steps use (see adactr/train/cpu_memory.py): same-sized buffers batch after batch. ``progress``: a bar
+    over the batches when there is more than one (it goes when done)."""
     model.eval()
     if not len(split):
         return torch.zeros(0)
+    n_batches = math.ceil(len(split) / batch_size)
+    batches = tqdm(split.batches(batch_size), total=n_batches, desc=desc, unit="batch", leave=False,
+                   disable=not progress or n_batches < 2)
     with freed_memory_kept(keep_freed_memory and split.t["label"].device.type == "cpu"):
-        return torch.cat([model(b) for b in split.batches(batch_size)])
+        return torch.cat([model(b) for b in batches])
 
 
-def evaluate_split(model: nn.Module, split: DeviceSplit, *, batch_size: int,
-                   domain_names: tuple[str, ...] = (), keep_freed_memory: bool = True) -> dict[str, Any]:
-    logits = predict_logits(model, split, batch_size, keep_freed_memory=keep_freed_memory).float()
+def evaluate_split(model: nn.Module, split: DeviceSplit, *, batch_size: int, domain_names: tuple[str, ...] = (),
+                   keep_freed_memory: bool = True, progress: bool = False, desc: str = "evaluate"
+                   ) -> dict[str, Any]:
+    logits = predict_logits(model, split, batch_size, keep_freed_memory=keep_freed_memory, progress=progress,
+                            desc=desc).float()
     t = split.t
     return compute_metrics(logits, t["label"], groups=t.get("group"), domains=t.get("domain"),
                            domain_names=list(domain_names) or None)
@@ -244,8 +250,9 @@ class Trainer:
             result.train_samples += len(train)
             result.epochs = epoch + 1
 
-            metrics = evaluate_split(model, valid, batch_size=cfg.eval_batch_size,
-                                     domain_names=self.domain_names, keep_freed_memory=cfg.keep_freed_memory)
+            metrics = evaluate_split(model, valid, batch_size=cfg.eval_batch_size, domain_names=self.domain_names,
+                                     keep_freed_memory=cfg.keep_freed_memory, progress=cfg.progress,
+                                     desc="validate")
             auc = metrics["auc"]
             improved = auc > result.best_auc
             record = {"epoch": epoch + 1, "train_loss": float(losses[:step].mean()), "valid_auc": auc,
