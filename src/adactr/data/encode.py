@@ -117,17 +117,25 @@ def _category_strings(df: pl.DataFrame, spec_name: str, transform: NumericTransf
     return s if s.dtype == pl.Utf8 else s.cast(pl.Utf8)
 
 
-def _fit_vocab(s: pl.Series, min_count: int) -> list[str]:
-    counts = s.drop_nulls().value_counts(name="__n")
+def _fit_vocab(s: pl.Series, min_count: int, rows: pl.Series | None = None) -> list[str]:
+    """Values seen at least ``min_count`` times, most frequent first (ties: by value). ``rows``: a boolean
+    mask of the rows to count (the train rows of a frame holding every split), which saves gathering them."""
+    if rows is None:
+        counts = s.drop_nulls().value_counts(name="__n")
+    else:
+        # a hash group-by over the masked rows: 4-10x faster than gathering them and value_counts
+        # (5M Criteo-shaped rows, one categorical column: 0.03-0.21 s against 0.19-0.90 s)
+        counts = (pl.DataFrame([s, rows.alias("__train")]).lazy()
+                  .filter(pl.col("__train") & pl.col(s.name).is_not_null())
+                  .group_by(s.name).agg(pl.len().alias("__n")).collect())
     kept = counts.filter(pl.col("__n") >= min_count).sort(["__n", s.name], descending=[True, False])
     return kept[s.name].to_list()
 
 
 def _encode_values(s: pl.Series, vocab: Sequence[str]) -> pl.Series:
-    codes = s.replace_strict(list(vocab), list(range(RESERVED, RESERVED + len(vocab))), default=OOV,
-                             return_dtype=pl.Int32)
-    return pl.select(pl.when(pl.lit(s).is_null()).then(pl.lit(MISSING, pl.Int32))
-                     .otherwise(pl.lit(codes))).to_series()
+    """Vocabulary position + RESERVED; unseen values -> OOV, nulls -> MISSING (int32)."""
+    return s.replace_strict([None, *vocab], [MISSING, *range(RESERVED, RESERVED + len(vocab))], default=OOV,
+                            return_dtype=pl.Int32)
 
 
 def _split_lists(s: pl.Series, sep: str) -> pl.Series:
@@ -150,6 +158,16 @@ def _pad_lists(codes_flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.
     return out
 
 
+def _stack_columns(columns: list[np.ndarray], n: int, block: int = 1 << 16) -> np.ndarray:
+    """int32 columns -> one (n, len(columns)) row-major array, a block of rows at a time: 0.4 s for 5M x 39
+    against 3.5 s for writing each column down a strided array (one cache line touched per value)."""
+    out = np.empty((n, len(columns)), dtype=np.int32)
+    if columns:
+        for r in range(0, n, block):
+            out[r:r + block] = np.stack([c[r:r + block] for c in columns], axis=1)
+    return out
+
+
 def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
         source_format: str = "csv", rows: np.ndarray | None = None) -> tuple[Schema, dict[str, list]]:
     """Fit the schema and vocabularies on the train rows only.
@@ -160,6 +178,12 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
 
     def col(s: pl.Series) -> pl.Series:
         return s if rows is None else s.gather(rows)
+
+    train_mask = None
+    if rows is not None:
+        m = np.zeros(train.height, dtype=bool)
+        m[rows] = True
+        train_mask = pl.Series("__train", m)
 
     named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, ROW}
     for c in (roles.domain, roles.group):
@@ -184,14 +208,15 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
     vocabs: dict[str, list] = {}
     for name in feature_cols:
         if name in roles.numerical:
-            x = col(_to_float(train, name, file=file))
             if options.numeric_transform is NumericTransform.STANDARD:
+                x = col(_to_float(train, name, file=file))
                 mean = float(x.mean() or 0.0)  # type: ignore[arg-type]
                 std = float(x.std() or 0.0)  # type: ignore[arg-type]
                 fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.STANDARD,
                                         mean=mean, std=std if std > 0 else 1.0))
                 continue
-            vocab = _fit_vocab(_log_bucket_tokens(x), options.min_count)
+            tokens = _log_bucket_tokens(_to_float(train, name, file=file))  # every row: no gather
+            vocab = _fit_vocab(tokens, options.min_count, train_mask)
             fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.LOG_BUCKET,
                                     vocab_size=len(vocab) + RESERVED, min_count=options.min_count))
         elif name in roles.sequence:
@@ -203,7 +228,7 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
                                     max_len=min(max_len, options.max_seq_len),
                                     pooling=options.sequence_pooling))
         else:
-            vocab = _fit_vocab(col(_category_strings(train, name, None, file=file)), options.min_count)
+            vocab = _fit_vocab(_category_strings(train, name, None, file=file), options.min_count, train_mask)
             fields.append(FieldSpec(name=name, kind=Kind.CATEGORICAL, vocab_size=len(vocab) + RESERVED,
                                     min_count=options.min_count))
         vocabs[name] = vocab
@@ -231,11 +256,9 @@ def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: s
     n = df.height
     out: dict[str, np.ndarray] = {}
 
-    cat = np.empty((n, len(schema.cat_fields)), dtype=np.int32)  # filled column by column: no stack copy
-    for j, f in enumerate(schema.cat_fields):
-        s = _category_strings(df, f.name, f.transform, file=file)
-        cat[:, j] = _encode_values(s, vocabs[f.name]).to_numpy()
-    out["cat"] = cat
+    columns = [_encode_values(_category_strings(df, f.name, f.transform, file=file), vocabs[f.name]).to_numpy()
+               for f in schema.cat_fields]
+    out["cat"] = _stack_columns(columns, n)
 
     num_cols = []
     for f in schema.num_fields:
