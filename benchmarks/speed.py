@@ -93,6 +93,26 @@ def adactr_train(data: Path, args: argparse.Namespace, workdir: Path, *, variant
             "params": m["params"], "test_auc": m["test"]["auc"], "cuda_graph": m.get("cuda_graph")}
 
 
+def _print_prepare(rec: dict) -> None:
+    print("\n| preparation | rows | seconds | rows/s | peak memory (MB) |")
+    print("|---|---|---|---|---|")
+    for r in rec["prepare"]:
+        if "error" in r:
+            print(f"| {r.get('library')} | failed: {r['error']} | | | |")
+            continue
+        rows = r.get("rows") or r.get("prep_rows") or 0
+        # adactr: one process, exact peak RSS. FuxiCTR prepares in worker processes: the peak of
+        # the whole process tree (PSS, sampled every 0.2 s), and its main process's peak RSS.
+        peak = f"{r['peak_mb']:,.0f}" if "peak_mb" in r else \
+            f"{r.get('peak_tree_pss_mb', 0):,.0f} (tree; main process {r.get('peak_rss_mb', 0):,.0f})"
+        rps = r.get("prep_rows_per_second") or 0
+        print(f"| {r['library']} | {rows:,} | {r.get('prep_seconds', 0):.2f} | {rps:,.0f} | {peak} |")
+    if len(rec["prepare"]) == 2 and all("prep_rows_per_second" in r for r in rec["prepare"]):
+        a, f = rec["prepare"]
+        print(f"adactr / {f.get('library')} rows/s: {a['prep_rows_per_second'] / f['prep_rows_per_second']:.1f}x")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -114,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adactr-cuda-graph", action="store_true",
                     help="also time adactr with train.cuda_graph=true (the step replayed as a CUDA graph)")
     ap.add_argument("--no-prepare-peers", action="store_true", help="skip the peers' preparation timing")
+    ap.add_argument("--prepare-only", action="store_true", help="only the preparation comparison (no training)")
     ap.add_argument("--frappe-dir", type=Path, default=FRAPPE)
     ap.add_argument("--out", type=Path, help="write all records as JSON here")
     args = ap.parse_args(argv)
@@ -137,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # This shared CPU's matmul rate drifts by ~10% over a run: it is measured before and after each
     # dataset's training runs, and the higher of the two is the reference (the lower fraction).
-    gemms = [measure_gemm()]
+    gemms = [] if args.prepare_only else [measure_gemm()]
 
     with tempfile.TemporaryDirectory(prefix="adactr-speed-") as tmp_s:
         tmp = Path(tmp_s)
@@ -169,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 r["library"] = "fuxictr"
                 rec["prepare"].append(r)
             # training
+            if args.prepare_only:
+                _print_prepare(rec)
+                records[ds] = rec
+                continue
             rec["train"].append(adactr_train(prepared, args, tmp))
             if args.adactr_compile:
                 rec["train"].append(adactr_train(prepared, args, tmp, variant="compiled"))
@@ -217,20 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {r['library']} | {sps:,.0f} | {xp} | {xh} | {xg} | {xd} |")
                 if r.get("cuda_graph"):
                     print(f"|   (cuda_graph: {r['cuda_graph']}) | | | | | |")
-            print("\n| preparation | rows | seconds | rows/s | peak memory (MB) |")
-            print("|---|---|---|---|---|")
-            for r in rec["prepare"]:
-                if "error" in r:
-                    print(f"| {r.get('library')} | failed: {r['error']} | | | |")
-                    continue
-                rows = r.get("rows") or r.get("prep_rows") or 0
-                # adactr: one process, exact peak RSS. FuxiCTR prepares in worker processes: the peak of
-                # the whole process tree (PSS, sampled every 0.2 s), and its main process's peak RSS.
-                peak = f"{r['peak_mb']:,.0f}" if "peak_mb" in r else \
-                    f"{r.get('peak_tree_pss_mb', 0):,.0f} (tree; main process {r.get('peak_rss_mb', 0):,.0f})"
-                rps = r.get("prep_rows_per_second") or 0
-                print(f"| {r['library']} | {rows:,} | {r.get('prep_seconds', 0):.2f} | {rps:,.0f} | {peak} |")
-            sys.stdout.flush()
+            _print_prepare(rec)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"gemm": gemms, "records": records, "args": {k: str(v) for k, v in
