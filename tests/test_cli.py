@@ -131,3 +131,18 @@ def test_prepare_text_in_numerical_column(tmp_path, capsys):
     f.write_text("label,a,n\n1,x,1.5\n0,y,abc\n1,x,2\n")
     assert main(["prepare", "--train", str(f), "--numerical", "n", "--out", str(tmp_path / "o"), "--quiet"]) != 0
     assert "row 3, column 'n'" in capsys.readouterr().err
+
+
+def test_plot_compares_runs_in_one_png(tmp_path, world_data, capsys):
+    pytest.importorskip("matplotlib")
+    runs = []
+    for model in ("lr", "deepfm"):
+        runs += ["--run", str(tmp_path / model)]
+        assert main(["train", "--data", str(world_data), "--model", model, "--out", str(tmp_path / model), *FAST]) == 0
+    out = tmp_path / "figs" / "cmp.png"
+    assert main(["plot", *runs, "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # three panels drawn, not an empty canvas
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cmp.png"]  # no temporary file left behind
+    assert main(["plot", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "nowhere: no metrics.json" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

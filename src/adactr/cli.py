@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models with their papers")
 
+    pl_ = sub.add_parser("plot", help="one PNG comparing runs: loss and validation AUC per epoch, test AUC by domain")
+    pl_.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeat to compare)")
+    pl_.add_argument("--out", type=Path, required=True, help="PNG file to write")
+
     pd = sub.add_parser("demo", help="generate the built-in multi-domain click world, prepare it, train on it")
     pd.add_argument("--out", type=Path, default=Path("adactr-demo"), help="working directory (default ./adactr-demo)")
     pd.add_argument("--rows", type=int, default=200_000)
@@ -229,6 +233,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from adactr.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.run, args.out)}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from adactr.models.registry import MODELS
 
@@ -265,7 +276,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": _cmd_prepare, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "predict": _cmd_predict, "models": _cmd_models, "demo": _cmd_demo}
+            "predict": _cmd_predict, "models": _cmd_models, "plot": _cmd_plot, "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
