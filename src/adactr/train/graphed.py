@@ -24,7 +24,8 @@ plumbing gives bit-identical training to the plain eager loop.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -129,7 +130,8 @@ class GraphedStep:
         if self._warm < self.warmup:
             self._warm += 1
             self.eager_steps += 1
-            return self.backend.warmup(lambda: self.step(batch))
+            with _uncaptured_ok():
+                return self.backend.warmup(lambda: self.step(batch))
         rates = self.learning_rates()
         if self._replay is None or rates != self._rates:
             if self._static is None:
@@ -153,4 +155,14 @@ class GraphedStep:
 
     def _eager(self, batch: Batch) -> Tensor:
         self.eager_steps += 1
-        return self.step(batch)
+        with _uncaptured_ok():
+            return self.step(batch)
+
+
+@contextmanager
+def _uncaptured_ok() -> Iterator[None]:
+    """Silence PyTorch's warning that a capturable optimiser steps outside a capture: the warm-up and
+    partial-batch steps do so on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*capturable=True.*", category=UserWarning)
+        yield
