@@ -49,6 +49,32 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, monk
     assert metrics(killed) == metrics(full)
 
 
+def test_resume_keeps_the_interrupted_runs_streaming_choice(tmp_path, world_data, monkeypatch):
+    """Streamed chunks and one resident permutation order the batches differently: a run interrupted while
+    streaming (too little memory free) resumes streaming even when the data would fit now."""
+    monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 1000)
+    full = tmp_path / "full"
+    chunks = ["--set", "train.chunk_rows=1000"]
+    assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS, *chunks]) == 0
+    killed = tmp_path / "killed"
+    original = trainer_mod.Trainer._save
+
+    def save_then_die(self, model, opts, best, result, epoch, bad, stop):
+        original(self, model, opts, best, result, epoch, bad, stop)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, *chunks]) == 130
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 2**40)  # plenty of memory now
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, *chunks, "--resume"]) == 0
+    assert metrics(killed) == metrics(full)
+    resident = tmp_path / "resident"
+    assert main(["train", "--data", str(world_data), "--out", str(resident), *ARGS, *chunks]) == 0
+    assert metrics(resident) != metrics(full)  # the choice matters, so keeping it is what made them equal
+
+
 def test_resume_needs_a_run(tmp_path, world_data, capsys):
     assert main(["train", "--data", str(world_data), "--out", str(tmp_path / "none"), *ARGS, "--resume"]) != 0
     assert "nothing to resume" in capsys.readouterr().err

@@ -190,8 +190,7 @@ class Trainer:
         torch.set_flush_denormal(True)
         graphs = self._graph_backend()
         opts = build_optimizers(model, cfg, capturable=isinstance(graphs, CudaGraphs))
-        budget = cfg.max_resident_bytes or resident_budget(self.device)
-        resident = train.to_tensors(self.device) if train.nbytes <= budget else None
+        streamed = train.nbytes > (cfg.max_resident_bytes or resident_budget(self.device))
         result = FitResult()
         best_state: dict[str, Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
@@ -211,6 +210,11 @@ class Trainer:
             if bool(st["stopped"]):
                 start_epoch = cfg.epochs
                 result.stopped_early = True
+            # the batch order depends on it (chunks or one permutation): keep the interrupted run's choice,
+            # whatever memory this machine has free now
+            streamed = bool(st.get("streamed", streamed))
+        self._streamed = streamed
+        resident = None if streamed else train.to_tensors(self.device)
         step_fn = torch.compile(model) if cfg.compile else model
         run_step: Callable[[Batch], Tensor] = partial(self._step, step_fn, model, opts)
         if graphs is not None:
@@ -333,6 +337,7 @@ class Trainer:
             "epoch": epoch,
             "bad_epochs": bad_epochs,
             "stopped": stop,
+            "streamed": self._streamed,
             "train_seconds": result.train_seconds,
             "train_samples": result.train_samples,
         }
