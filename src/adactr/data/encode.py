@@ -120,14 +120,12 @@ def _category_strings(df: pl.DataFrame, spec_name: str, transform: NumericTransf
 def _fit_vocab(s: pl.Series, min_count: int, rows: pl.Series | None = None) -> list[str]:
     """Values seen at least ``min_count`` times, most frequent first (ties: by value). ``rows``: a boolean
     mask of the rows to count (the train rows of a frame holding every split), which saves gathering them."""
-    if rows is None:
-        counts = s.drop_nulls().value_counts(name="__n")
-    else:
-        # a hash group-by over the masked rows: 4-10x faster than gathering them and value_counts
-        # (5M Criteo-shaped rows, one categorical column: 0.03-0.21 s against 0.19-0.90 s)
-        counts = (pl.DataFrame([s, rows.alias("__train")]).lazy()
-                  .filter(pl.col("__train") & pl.col(s.name).is_not_null())
-                  .group_by(s.name).agg(pl.len().alias("__n")).collect())
+    # a hash group-by over the (masked) rows: 4-10x faster than gathering the train rows and value_counts
+    # (5M Criteo-shaped rows, one categorical column: 0.03-0.21 s against 0.19-0.90 s)
+    keep = pl.col(s.name).is_not_null()
+    frame = pl.DataFrame([s]) if rows is None else pl.DataFrame([s, rows.alias("__train")])
+    counts = (frame.lazy().filter(keep if rows is None else pl.col("__train") & keep)
+              .group_by(s.name).agg(pl.len().alias("__n")).collect())
     kept = counts.filter(pl.col("__n") >= min_count).sort(["__n", s.name], descending=[True, False])
     return kept[s.name].to_list()
 
