@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write all records as JSON here")
     args = ap.parse_args(argv)
 
+    if args.adactr_cuda_graph and args.device != "cuda":
+        print("note: --adactr-cuda-graph needs --device cuda (CUDA graphs): not timed", file=sys.stderr)
     peers_py = args.peers_python if Path(args.peers_python).exists() else None
     peers = [p for p in args.peers.split(",") if p] if peers_py else []
     if not peers_py:
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["train"].append(adactr_train(prepared, args, tmp))
             if args.adactr_compile:
                 rec["train"].append(adactr_train(prepared, args, tmp, variant="compiled"))
-            if args.adactr_cuda_graph:
+            if args.adactr_cuda_graph and args.device == "cuda":
                 rec["train"].append(adactr_train(prepared, args, tmp, variant="cuda-graph"))
             for peer in peers:
                 script = {"fuxictr": "fuxictr_deepfm.py", "deepctr": "deepctr_deepfm.py"}[peer]
