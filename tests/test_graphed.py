@@ -5,6 +5,7 @@ CUDA graphs (warm-up steps, capture at a full batch, replays, eager partial batc
 learning-rate change), so training through it must be bit-identical to the plain eager loop.
 """
 
+import contextlib
 import warnings
 from dataclasses import replace
 
@@ -190,6 +191,49 @@ def test_every_training_step_is_free_of_host_syncs(name, config):
             loss = loss + aux()
         loss.backward()
     assert not rec.found, f"{name}: host-syncing operators {sorted(rec.found)}"
+
+
+class _HostTensorRecorder(TorchDispatchMode):
+    """Operators given a host tensor (more than a scalar) while the model lives elsewhere: on CUDA each is a
+    host-to-device copy inside the step, which capture forbids as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        flat = [*args, *(kwargs or {}).values()]
+        flat += [t for a in flat if isinstance(a, list | tuple) for t in a]
+        if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() > 0 for t in flat):
+            self.found.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("name", "config"), _CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(_CASES)])
+def test_every_training_step_stays_on_the_models_device(name, config):
+    """The step run on the meta device (shapes only, no data): no operator may see a host tensor."""
+    meta = torch.device("meta")
+    model = build_model(name, layout=_LAYOUT, config=config).train().to(meta)
+    batch = Batch(cat=torch.zeros(16, 3, dtype=torch.int32, device=meta), num=torch.zeros(16, 2, device=meta),
+                  seq=(torch.zeros(16, 3, dtype=torch.int64, device=meta),), label=torch.zeros(16, device=meta))
+    with _HostTensorRecorder() as rec:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+        aux = getattr(model, "auxiliary_loss", None)
+        if aux is not None:
+            loss = loss + aux()
+        loss.backward()
+    assert not rec.found, f"{name}: operators given host tensors {sorted(rec.found)}"
+
+
+def test_the_host_tensor_recorder_catches_host_tensors():
+    x = torch.zeros(4, 2, device="meta")
+    for f in (lambda: x[torch.tensor([0, 1])], lambda: x + torch.ones(2)):
+        with _HostTensorRecorder() as rec, contextlib.suppress(RuntimeError):  # the second one raises as well
+            f()
+        assert rec.found, f
+    with _HostTensorRecorder() as rec:
+        _ = x * torch.tensor(2.0)  # a 0-dim host tensor is a scalar argument, not a copy
+    assert not rec.found
 
 
 def test_the_sync_recorder_catches_host_reads():
