@@ -146,3 +146,8 @@ def test_plot_compares_runs_in_one_png(tmp_path, world_data, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["cmp.png"]  # no temporary file left behind
     assert main(["plot", "--run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")]) == 2
     assert "nowhere: no metrics.json" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text('{"history": [],\n "test": {oops}}')
+    assert main(["plot", "--run", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "metrics.json, row 2: not valid JSON" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

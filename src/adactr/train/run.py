@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from adactr import __version__
 from adactr.config import override, to_dict
@@ -182,19 +183,32 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
 
     dev = pick_device(device)
     model, schema, config, _ = load_run(run, dev)
-    df = read_raw(Format(fmt or schema.source_format), input)
-    missing = [f.name for f in schema.fields if f.name not in df.columns]
-    if missing:
-        raise DataError(f"column {missing[0]!r} is missing: this run was trained on a dataset with columns "
-                        f"{', '.join(schema.columns)}", file=str(input))
-    arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
-    split = SplitArrays(arrays).to_tensors(dev)
-    tc = config.train
-    logits = predict_logits(model, split, batch_size or tc.eval_batch_size, keep_freed_memory=tc.keep_freed_memory,
-                            progress=progress)
-    probs = torch.sigmoid(logits.float()).cpu().numpy()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    pl.DataFrame({"probability": probs}).write_csv(tmp)
-    tmp.replace(output)
+    with tqdm(total=4, desc="predict", unit="stage", disable=not progress) as bar:
+        def stage(name: str) -> None:  # the stage just finished, as prepare's bar shows it
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        df = read_raw(Format(fmt or schema.source_format), input)
+        stage("read")
+        missing = [f.name for f in schema.fields if f.name not in df.columns]
+        if missing:
+            raise DataError(f"column {missing[0]!r} is missing: this run was trained on a dataset with columns "
+                            f"{', '.join(schema.columns)}", file=str(input))
+        arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
+        del df
+        stage("encode")
+        split = SplitArrays(arrays).to_tensors(dev)
+        tc = config.train
+        logits = predict_logits(model, split, batch_size or tc.eval_batch_size,
+                                keep_freed_memory=tc.keep_freed_memory, progress=progress, desc="batches")
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        stage("predict")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        try:
+            pl.DataFrame({"probability": probs}).write_csv(tmp)
+            tmp.replace(output)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        stage("write")
     return len(probs)
