@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,18 @@ def test_predict_logits_inside_the_allocator_scope_gives_the_same_logits() -> No
     plain = trainer_mod.predict_logits(model, split, 128, keep_freed_memory=False)
     assert kept.shape == (n,)
     assert torch.equal(kept, plain)
+
+
+def test_training_data_is_read_into_memory_and_evaluation_data_stays_mapped(world_data):
+    """Training shuffles its rows, so its split is read into memory in one sequential pass; a memory map
+    would fault pages in at random. Evaluation reads in order and keeps the map."""
+    from adactr.data.tensors import SplitArrays
+
+    split = SplitArrays.load(world_data / "train")
+    mapped = split.arrays["cat"]
+    start, end = mapped.ctypes.data, mapped.ctypes.data + mapped.nbytes
+    for load, inside in ((False, True), (True, False)):
+        ptr = split.to_tensors(torch.device("cpu"), load=load).t["cat"].data_ptr()
+        assert (start <= ptr < end) is inside
+    loaded = split.to_tensors(torch.device("cpu"), load=True)
+    assert torch.equal(loaded.t["cat"], torch.from_numpy(np.asarray(mapped)))

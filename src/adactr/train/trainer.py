@@ -78,8 +78,7 @@ def resident_budget(device: torch.device) -> int:
     the memory the system reports available (``MemAvailable``: free plus reclaimable page cache) for the
     CPU. Half, because training needs room beside the data (model, optimiser state, activations, and on
     the CPU the rest of the system); data above it streams in memory-mapped chunks instead of failing or
-    thrashing: on the CPU the resident split is the memory-mapped file itself, and a shuffled pass over a
-    file larger than memory would read the disk at random."""
+    swapping."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free) // 2
@@ -214,7 +213,7 @@ class Trainer:
             # whatever memory this machine has free now
             streamed = bool(st.get("streamed", streamed))
         self._streamed = streamed
-        resident = None if streamed else train.to_tensors(self.device)
+        resident = None if streamed else train.to_tensors(self.device, load=True)
         step_fn = torch.compile(model) if cfg.compile else model
         run_step: Callable[[Batch], Tensor] = partial(self._step, step_fn, model, opts)
         if graphs is not None:
