@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_step.py --threads 2 [--linear onednn,aten] [--keep-freed-memory] [--compile] [--profile]
     python benchmarks/cpu_step.py --threads 2 --gemm
+    python benchmarks/cpu_step.py --threads 2 --keep-freed-memory --data prepared/criteo5m [--mapped]
 
 The model and optimiser of ``benchmarks/speed.py``'s 5M-row Criteo-shaped run (39 categorical fields,
 a 222k-row table, embedding 10, tower [400, 400, 400], Adam, batch 4096) on random long-tailed indices:
@@ -12,7 +13,9 @@ noisy neighbours slow both alike. ``--profile`` prints the operators by self tim
 is matrix multiplication). ``--keep-freed-memory`` runs everything inside the trainer's glibc allocator
 scope (adactr/train/cpu_memory.py). Each step is timed on its own and the median is printed beside the
 mean. ``--gemm`` instead times the tower's matrix products alone, MKL (``torch.mm``/``addmm``) against
-oneDNN, at each shape a step uses.
+oneDNN, at each shape a step uses. ``--data`` takes real shuffled batches of a prepared directory's train
+split instead, drawn inside the timed step as the trainer draws them (read into memory first, as the
+trainer does, or with ``--mapped`` from the memory map, as it did before).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--keep-freed-memory", action="store_true", help="the trainer's glibc setting (CPU default)")
     ap.add_argument("--gemm", action="store_true", help="time the tower's matrix products, MKL vs oneDNN")
+    ap.add_argument("--data", type=Path, help="a prepared directory: real shuffled batches of its train split "
+                    "(the trainer's own step) instead of random Criteo-shaped ones")
+    ap.add_argument("--mapped", action="store_true",
+                    help="with --data: draw batches from the memory-mapped arrays instead of reading them in first")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.gemm:
@@ -102,13 +109,42 @@ def _gemm() -> int:
     return 0
 
 
+def _real_batches(args: argparse.Namespace) -> tuple[FieldLayout, Iterator[Batch], float]:
+    """(layout, endless shuffled batches of the train split, seconds to load it) of a prepared directory."""
+    from adactr.data.schema import Schema
+    from adactr.data.tensors import SplitArrays
+
+    layout = Schema.load(args.data / "schema.json").layout()
+    t0 = time.perf_counter()
+    split = SplitArrays.load(args.data / "train").to_tensors(torch.device("cpu"), load=not args.mapped)
+    seconds = time.perf_counter() - t0
+
+    def forever() -> Iterator[Batch]:
+        epoch = 0
+        while True:
+            yield from split.batches(B, shuffle=True, generator=torch.Generator().manual_seed(epoch))
+            epoch += 1
+
+    return layout, forever(), seconds
+
+
 def _run(args: argparse.Namespace, backends: list[str]) -> int:
     torch.set_flush_denormal(True)  # as the trainer does
-    layout = FieldLayout(names=tuple(f"f{i}" for i in range(39)), cat_sizes=CRITEO_SIZES, n_num=0,
-                         seq_sizes=(), seq_pooling=())
     torch.manual_seed(0)
-    batches = [Batch(cat=criteo_indices(B), num=torch.zeros(B, 0), seq=(), label=(torch.rand(B) < 0.25).float())
-               for _ in range(8)]
+    if args.data is not None:
+        layout, stream, load_s = _real_batches(args)
+        print(f"{args.data}: train split {'mapped' if args.mapped else f'read into memory in {load_s:.2f} s'}")
+
+        def get(i: int) -> Batch:  # drawn inside the timed step, as the trainer draws it
+            return next(stream)
+    else:
+        layout = FieldLayout(names=tuple(f"f{i}" for i in range(39)), cat_sizes=CRITEO_SIZES, n_num=0,
+                             seq_sizes=(), seq_pooling=())
+        batches = [Batch(cat=criteo_indices(B), num=torch.zeros(B, 0), seq=(),
+                         label=(torch.rand(B) < 0.25).float()) for _ in range(8)]
+
+        def get(i: int) -> Batch:
+            return batches[i % len(batches)]
     runs = {}
     for name in backends:
         torch.manual_seed(0)
@@ -116,9 +152,10 @@ def _run(args: argparse.Namespace, backends: list[str]) -> int:
         fwd = torch.compile(model) if args.compile else model
         runs[name] = (fwd, build_optimizers(model, TrainConfig()))
 
-    def step(name: str, b: Batch) -> None:
+    def step(name: str, i: int) -> None:
         mlp.CPU_ONEDNN = name == "onednn"
         fwd, opts = runs[name]
+        b = get(i)
         loss = F.binary_cross_entropy_with_logits(fwd(b), b.label)
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -127,15 +164,15 @@ def _run(args: argparse.Namespace, backends: list[str]) -> int:
             o.step()
 
     for name in backends:
-        for b in batches:  # warm-up (and compilation)
-            step(name, b)
+        for i in range(8):  # warm-up (and compilation)
+            step(name, i)
     times: dict[str, list[float]] = {name: [] for name in backends}
     for i in range(args.steps):
         for name in backends:
             t0 = time.perf_counter()
-            step(name, batches[i % len(batches)])
+            step(name, i)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    flops = B * dnn_flops_per_sample(39 * 10, [400, 400, 400])  # tower forward + backward
+    flops = B * dnn_flops_per_sample(layout.n_fields * 10, [400, 400, 400])  # tower forward + backward
     for name in backends:
         ts = times[name]
         ms, mean = sorted(ts)[len(ts) // 2], sum(ts) / len(ts)
@@ -147,8 +184,8 @@ def _run(args: argparse.Namespace, backends: list[str]) -> int:
 
         for name in backends:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for b in batches:
-                    step(name, b)
+                for i in range(8):
+                    step(name, i)
             print(f"linear {name}:")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return 0

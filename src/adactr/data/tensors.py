@@ -59,10 +59,11 @@ class SplitArrays:
 
     def to_tensors(self, device: torch.device, rows: slice | None = None, *, load: bool = False) -> DeviceSplit:
         """The arrays (or ``rows`` of them) as tensors on ``device``. On the CPU a memory-mapped array stays
-        mapped unless ``load``: training reads its rows in shuffled order, which on a mapping would fault
-        pages in at random, from the disk when they are not cached (5M Criteo-shaped rows, cache dropped:
-        the first 150 steps took 83.9-86.3 ms each against 79.0-84.1 loaded); ``load`` reads them into
-        memory first, in one sequential pass."""
+        mapped unless ``load``, which reads it into memory first in one sequential pass. Training loads:
+        its shuffled batches would otherwise fault the mapping in page by page at random, from the disk
+        when the file is not cached. On this project's machine that costs nothing measurable (page cache
+        dropped, 150 steps on 5M Criteo-shaped rows: medians 97.0 / 84.8 ms mapped, 101.3 / 92.2 ms loaded,
+        `benchmarks/cpu_step.py --data ... [--mapped]`), so it is insurance against slower storage."""
         sl = rows if rows is not None else slice(None)
 
         def tensor(a: np.ndarray) -> Tensor:
