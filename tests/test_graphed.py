@@ -176,6 +176,15 @@ _CASES = [(name, _CFG) for name in MODELS] + [(name, replace(_CFG, autoint_plus=
 ]
 
 
+def _forward_backward(model, batch: Batch) -> None:
+    """The differentiated part of the trainer's step: loss (plus any auxiliary loss), backward."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
+    aux = getattr(model, "auxiliary_loss", None)
+    if aux is not None:
+        loss = loss + aux()
+    loss.backward()
+
+
 @pytest.mark.parametrize(("name", "config"), _CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(_CASES)])
 def test_every_training_step_is_free_of_host_syncs(name, config):
     """What CUDA graphs need of a model: forward and backward never read a device value on the host."""
@@ -185,11 +194,7 @@ def test_every_training_step_is_free_of_host_syncs(name, config):
                   label=torch.randint(0, 2, (16,), generator=g).float())
     model = build_model(name, layout=_LAYOUT, config=config).train()
     with _SyncRecorder() as rec:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-        aux = getattr(model, "auxiliary_loss", None)
-        if aux is not None:
-            loss = loss + aux()
-        loss.backward()
+        _forward_backward(model, batch)
     assert not rec.found, f"{name}: host-syncing operators {sorted(rec.found)}"
 
 
@@ -217,11 +222,7 @@ def test_every_training_step_stays_on_the_models_device(name, config):
     batch = Batch(cat=torch.zeros(16, 3, dtype=torch.int32, device=meta), num=torch.zeros(16, 2, device=meta),
                   seq=(torch.zeros(16, 3, dtype=torch.int64, device=meta),), label=torch.zeros(16, device=meta))
     with _HostTensorRecorder() as rec:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-        aux = getattr(model, "auxiliary_loss", None)
-        if aux is not None:
-            loss = loss + aux()
-        loss.backward()
+        _forward_backward(model, batch)
     assert not rec.found, f"{name}: operators given host tensors {sorted(rec.found)}"
 
 
