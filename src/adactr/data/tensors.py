@@ -68,7 +68,9 @@ class SplitArrays:
 
         def tensor(a: np.ndarray) -> Tensor:
             part = a[sl]
-            part = np.array(part) if load and isinstance(part, np.memmap) else np.ascontiguousarray(part)
+            # (to another device the copy there is the sequential read: no host copy first)
+            on_host = load and device.type == "cpu" and isinstance(part, np.memmap)
+            part = np.array(part) if on_host else np.ascontiguousarray(part)
             return torch.from_numpy(part).to(device)
 
         t = {k: tensor(a) for k, a in self.arrays.items()}
