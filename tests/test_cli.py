@@ -151,3 +151,15 @@ def test_plot_compares_runs_in_one_png(tmp_path, world_data, capsys):
     (bad / "metrics.json").write_text('{"history": [],\n "test": {oops}}')
     assert main(["plot", "--run", str(bad), "--out", str(tmp_path / "x.png")]) == 2
     assert "metrics.json, row 2: not valid JSON" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_demo_generates_prepares_trains_and_plots(tmp_path, capsys):
+    """The README's first command, small: the click world, prepared, trained, its curves drawn."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rows", "3000", "--set", "model.hidden=[16]",
+                 "--set", "train.epochs=2", "--quiet"]) == 0
+    m = json.loads((out / "run" / "metrics.json").read_text())
+    assert set(m["test"]["per_domain"]) and 0 < m["test"]["auc"] <= 1 and "gauc" in m["test"]
+    assert (out / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "curves.png" in capsys.readouterr().out

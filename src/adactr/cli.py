@@ -272,6 +272,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                         overwrite=True)
     _print_metrics(results)
     print(f"wrote {out / 'run' / 'metrics.json'}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("(pip install 'adactr[plot]' to also get adactr-demo/run/curves.png: loss, AUC, AUC by domain)")
+        return 0
+    from adactr.plot import plot_runs
+
+    print(f"wrote {plot_runs([out / 'run'], out / 'run' / 'curves.png')} (adactr plot: loss, AUC, AUC by domain)")
     return 0
 
 
