@@ -22,6 +22,19 @@ def metrics(run):
     return m["test"]["auc"], m["test"]["logloss"], m["valid"]["auc"], [h["train_loss"] for h in m["history"]]
 
 
+def _die_after_first_epoch(monkeypatch):
+    """Make training stop as if killed right after epoch 1 was checkpointed; returns the undo."""
+    original = trainer_mod.Trainer._save
+
+    def save_then_die(self, model, opts, best, result, epoch, bad, stop):
+        original(self, model, opts, best, result, epoch, bad, stop)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    return lambda: monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+
+
 def test_same_seed_same_metrics(tmp_path, world_data):
     for name in ("a", "b"):
         assert main(["train", "--data", str(world_data), "--out", str(tmp_path / name), *ARGS]) == 0
@@ -35,17 +48,10 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, monk
     assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS]) == 0
 
     killed = tmp_path / "killed"
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, epoch, bad, stop):
-        original(self, model, opts, best, result, epoch, bad, stop)
-        if epoch == 0:
-            raise KeyboardInterrupt  # as if killed right after epoch 1 was checkpointed
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    restore = _die_after_first_epoch(monkeypatch)
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS]) == 130
     assert (killed / "last.pt").exists() and not (killed / "metrics.json").exists()
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    restore()
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, "--resume"]) == 0
     assert metrics(killed) == metrics(full)
 
@@ -58,16 +64,9 @@ def test_resume_keeps_the_interrupted_runs_streaming_choice(tmp_path, world_data
     chunks = ["--set", "train.chunk_rows=1000"]
     assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS, *chunks]) == 0
     killed = tmp_path / "killed"
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, epoch, bad, stop):
-        original(self, model, opts, best, result, epoch, bad, stop)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    restore = _die_after_first_epoch(monkeypatch)
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, *chunks]) == 130
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    restore()
     monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 2**40)  # plenty of memory now
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, *chunks, "--resume"]) == 0
     assert metrics(killed) == metrics(full)

@@ -37,6 +37,8 @@ StepFn = Callable[[Batch], Tensor]
 
 
 class CaptureBackend(Protocol):
+    captures: int  # how many captures so far
+
     def warmup(self, fn: Callable[[], Tensor]) -> Tensor: ...
 
     def capture(self, fn: Callable[[], Tensor]) -> Callable[[], Tensor]: ...

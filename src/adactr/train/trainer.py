@@ -73,6 +73,12 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = F
     return opts
 
 
+def _release_grads(opts: list[torch.optim.Optimizer]) -> None:
+    """Every gradient to None: the next backward creates them afresh (inside a CUDA graph: in its pool)."""
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+
+
 def resident_budget(device: torch.device) -> int:
     """The automatic ``train.max_resident_bytes``: half of the free memory of a CUDA device, or half of
     the memory the system reports available (``MemAvailable``: free plus reclaimable page cache) for the
@@ -217,11 +223,7 @@ class Trainer:
         step_fn = torch.compile(model) if cfg.compile else model
         run_step: Callable[[Batch], Tensor] = partial(self._step, step_fn, model, opts)
         if graphs is not None:
-            def release_grads() -> None:
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-
-            run_step = GraphedStep(run_step, backend=graphs, release_grads=release_grads,
+            run_step = GraphedStep(run_step, backend=graphs, release_grads=partial(_release_grads, opts),
                                    learning_rates=lambda: tuple(g["lr"] for o in opts for g in o.param_groups))
         n_steps = self._steps_per_epoch(len(train), streamed=resident is None)
 
@@ -282,7 +284,7 @@ class Trainer:
 
         if isinstance(run_step, GraphedStep):
             result.cuda_graph = {"replays": run_step.replays, "eager_steps": run_step.eager_steps,
-                                 "captures": getattr(graphs, "captures", None), "failed": run_step.failed}
+                                 "captures": run_step.backend.captures, "failed": run_step.failed}
         if best_state is not None:
             model.load_state_dict(best_state)
         return result
@@ -294,8 +296,7 @@ class Trainer:
         aux = getattr(model, "auxiliary_loss", None)
         if aux is not None:
             loss = loss + aux()
-        for o in opts:
-            o.zero_grad(set_to_none=True)
+        _release_grads(opts)
         loss.backward()
         if self.cfg.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm)
