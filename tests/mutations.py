@@ -1,0 +1,299 @@
+"""Mutation check: plant plausible one-line bugs and make sure the test suite catches every one.
+
+    python tests/mutations.py              # every mutation, a table of caught / missed (exit 1 if any missed)
+    python tests/mutations.py --list       # the mutations and the tests each runs
+    python tests/mutations.py --only fm-no-half,deepfm-no-fm
+
+Each mutation replaces one exact piece of source (it must occur exactly once, or the mutation is reported
+"stale" and the check fails: when the code moves, the mutation must be moved with it). The repository's
+``src/`` and ``tests/`` are copied to a temporary directory once; each mutation is applied to the copy,
+the tests it names run there (``PYTHONPATH`` points at the copy, so the installed package is not used),
+and the file is restored. A mutation is *caught* when those tests fail. A baseline run of every named
+test file without any mutation must pass first, so a "caught" is never a test that fails anyway.
+
+Adding a model family adds its mutations here: at least the bug that would turn it silently into another
+model (a dropped term, a wrong axis, an input that should be ``x_0``). The list below is the record of the
+bugs the suite is known to catch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Test files (or node ids) that the mutations run; the baseline runs each once, unmutated.
+FORMULAS = "tests/test_formulas.py"
+BLOCKS = "tests/test_blocks.py"
+BACKBONES = "tests/test_backbones.py"
+MODELS_T = "tests/test_models.py"
+APG = "tests/test_apg.py"
+METRICS = "tests/test_metrics.py"
+ENCODE = "tests/test_encode.py"
+TRAINER = "tests/test_trainer.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]
+    why: str  # the bug, in words
+
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # ---- data: the embedding layout and the encoder ---------------------------------------------------
+    Mutation("offsets-not-cumulative", "src/adactr/nn/embedding.py",
+             'self.register_buffer("cat_offsets", offsets[:n_cat].clone(), persistent=False)',
+             'self.register_buffer("cat_offsets", torch.tensor([0] + sizes[:n_cat - 1]), persistent=False)',
+             (FORMULAS, BLOCKS), "each field offset by the previous field's size, not the sum of all earlier"),
+    Mutation("seq-mean-over-padding", "src/adactr/nn/embedding.py",
+             "e = e / mask.sum(1, keepdim=True).clamp(min=1)", "e = e / mask.shape[1]",
+             (FORMULAS, BLOCKS), "mean pooling divides by the padded length"),
+    Mutation("seq-no-offset", "src/adactr/nn/embedding.py",
+             "e = (self.lookup(seq + off) * mask)", "e = (self.lookup(seq) * mask)",
+             (FORMULAS, BLOCKS), "sequence items read the first field's rows"),
+    Mutation("num-value-ignored", "src/adactr/nn/embedding.py",
+             "parts.append(batch.num.unsqueeze(-1) * self.num_weight)",
+             "parts.append(self.num_weight.expand(batch.num.shape[0], -1, -1))",
+             (FORMULAS, BLOCKS), "a numerical field's vector is not scaled by its value"),
+    Mutation("log-bucket-square-outside", "src/adactr/data/encode.py",
+             "np.floor(np.log(np.where(big, v, 3.0)) ** 2)", "np.floor(np.log(np.where(big, v, 3.0))) ** 2",
+             (ENCODE,), "Criteo log bucket floor(ln x)^2 instead of floor(ln(x)^2)"),
+    Mutation("standardise-without-std", "src/adactr/data/encode.py",
+             "((x - f.mean) / f.std)", "(x - f.mean)",
+             (ENCODE,), "numerical columns centred but not scaled"),
+    Mutation("min-count-strict", "src/adactr/data/encode.py",
+             'pl.col("__n") >= min_count', 'pl.col("__n") > min_count',
+             (ENCODE,), "values seen exactly min_count times go to OOV"),
+    Mutation("unseen-as-missing", "src/adactr/data/encode.py",
+             "default=OOV", "default=MISSING",
+             (ENCODE,), "unseen values share the missing slot instead of OOV"),
+    # ---- nn: interaction blocks, tower, APG -----------------------------------------------------------
+    Mutation("fm-no-half", "src/adactr/nn/interaction.py",
+             "return (0.5 * (torch.linalg.vecdot(s, s) - sq)).unsqueeze(1)",
+             "return (torch.linalg.vecdot(s, s) - sq).unsqueeze(1)",
+             (FORMULAS, BLOCKS), "FM pairwise term counts every pair twice"),
+    Mutation("fm-grad-sign", "src/adactr/nn/interaction.py",
+             "emb, g.view(-1, 1, 1), value=-1)", "emb, g.view(-1, 1, 1), value=1)",
+             (BLOCKS,), "FM's hand-written gradient adds e_f instead of subtracting it"),
+    Mutation("first-order-no-bias", "src/adactr/nn/interaction.py",
+             "return self.embedding(batch).sum(dim=1) + self.bias", "return self.embedding(batch).sum(dim=1)",
+             (FORMULAS, BLOCKS), "the linear term loses w_0"),
+    Mutation("cross-v2-no-residual", "src/adactr/nn/interaction.py",
+             "return x0 * self.W(x, cond) + x  # (B, d)", "return x0 * self.W(x, cond)  # (B, d)",
+             (FORMULAS, BLOCKS), "DCNv2 eq. 1 without + x_l"),
+    Mutation("cross-v1-x-for-x0", "src/adactr/nn/interaction.py",
+             "return x0 * self.w(x, cond) + self.b + x", "return x * self.w(x, cond) + self.b + x",
+             (FORMULAS, BACKBONES), "DCN eq. 3 with x_l x_l^T w instead of x_0 x_l^T w"),
+    Mutation("dcn-mix-gate-axis", "src/adactr/nn/interaction.py",
+             "G = torch.softmax(self.gate(x), dim=-1)", "G = torch.softmax(self.gate(x), dim=0)",
+             (FORMULAS, BLOCKS), "DCN-Mix gates normalised over the batch instead of the experts"),
+    Mutation("opnn-mean-not-sum", "src/adactr/nn/interaction.py",
+             "s = emb.sum(dim=1)  # (B, D): f_Σ", "s = emb.mean(dim=1)  # (B, D): f_Σ",
+             (FORMULAS, BACKBONES), "OPNN superposition averaged instead of summed"),
+    Mutation("senet-max-pool", "src/adactr/nn/interaction.py",
+             "Z = emb.mean(dim=2)  # (B, F): squeeze", "Z = emb.amax(dim=2)  # (B, F): squeeze",
+             (FORMULAS, BACKBONES), "SENET squeeze by max pooling (image SENet) instead of the paper's mean"),
+    Mutation("bilinear-each-right-field", "src/adactr/nn/interaction.py",
+             'torch.einsum("bpd,pde->bpe", vi, self.W[self.row])',
+             'torch.einsum("bpd,pde->bpe", vi, self.W[self.col - 1])',
+             (FORMULAS, BACKBONES), "Field-Each bilinear uses the right field's W"),
+    Mutation("attention-wrong-axis", "src/adactr/nn/interaction.py",
+             "alpha = torch.softmax(psi, dim=-1)  # (B, H, F, F): over k",
+             "alpha = torch.softmax(psi, dim=-2)  # (B, H, F, F): over k",
+             (FORMULAS, BACKBONES), "attention normalised over the queries instead of the keys"),
+    Mutation("attention-scale-d", "src/adactr/nn/interaction.py",
+             "psi = psi / math.sqrt(d)", "psi = psi / d",
+             (FORMULAS, BACKBONES), "scaled dot product divided by d' instead of sqrt(d')"),
+    Mutation("attention-no-residual", "src/adactr/nn/interaction.py",
+             "out = out + self.W_Res(e)", "out = self.W_Res(e)",
+             (FORMULAS, BACKBONES), "AutoInt eq. 9 keeps only the residual"),
+    Mutation("bn-after-activation", "src/adactr/nn/mlp.py",
+             "nn.Sequential(*([nn.BatchNorm1d(o)] if batch_norm else []), activation.make(),",
+             "nn.Sequential(activation.make(), *([nn.BatchNorm1d(o)] if batch_norm else []),",
+             (FORMULAS,), "batch norm after the activation"),
+    Mutation("onednn-grad-untransposed", "src/adactr/nn/mlp.py",
+             "gx = _onednn_linear(g, weight.t().contiguous(), None)",
+             "gx = _onednn_linear(g, weight.contiguous(), None)",
+             (BLOCKS,), "the input gradient multiplies by W instead of W^T (silent for square layers)"),
+    Mutation("apg-collapse-drops-bias", "src/adactr/nn/apg.py",
+             "served.bias.copy_(self.bias)", "served.bias.zero_()",
+             (FORMULAS, APG), "the served APG layer loses its static bias"),
+    Mutation("apg-s-transposed", "src/adactr/nn/apg.py",
+             "h = torch.bmm(S, h.unsqueeze(-1)).squeeze(-1)  # S_i (V x_i), (B, K)",
+             "h = torch.bmm(S.transpose(1, 2), h.unsqueeze(-1)).squeeze(-1)  # S_i (V x_i), (B, K)",
+             (FORMULAS, APG), "APG v4/v5 apply S_i^T"),
+    Mutation("apg-group-first-fields", "src/adactr/nn/apg.py",
+             "z = emb.index_select(1, self.index)", "z = emb[:, :len(self.index)]",
+             (FORMULAS, APG), "group-wise condition takes the first k fields, not the named ones"),
+    # ---- models ---------------------------------------------------------------------------------------
+    Mutation("deepfm-no-fm", "src/adactr/models/deepfm.py",
+             "y = self.first_order(batch) + self.fm(emb) + self.tower(emb.flatten(1), cond)",
+             "y = self.first_order(batch) + self.tower(emb.flatten(1), cond)",
+             (FORMULAS,), "DeepFM without its FM term is a wide & deep model"),
+    Mutation("wdl-no-wide", "src/adactr/models/wdl.py",
+             "return (self.wide(batch) + self.tower(emb.flatten(1), cond)).squeeze(-1)",
+             "return self.tower(emb.flatten(1), cond).squeeze(-1)",
+             (FORMULAS,), "Wide & Deep without the wide part is DNN"),
+    Mutation("dcn-no-cross", "src/adactr/models/dcn.py",
+             "x = self.cross(x0, cond)  # (B, d)", "x = x0  # (B, d)",
+             (FORMULAS,), "DCN's cross network bypassed"),
+    Mutation("dcnv2-parallel-tower-on-cross", "src/adactr/models/dcnv2.py",
+             "h = self.tower(x0, cond)  # (B, h_L)", "h = self.tower(x, cond)  # (B, h_L)",
+             (FORMULAS,), "parallel DCNv2 feeds the cross output to the deep tower (half stacked)"),
+    Mutation("fibinet-q-from-e", "src/adactr/models/fibinet.py",
+             "q = self.bilinear_v(V).flatten(1)", "q = self.bilinear_v(E).flatten(1)",
+             (FORMULAS,), "FiBiNET's second bilinear layer ignores the SENET re-weighting"),
+    Mutation("difm-bit-only", "src/adactr/models/difm.py",
+             "m = m_vec + m_bit  # (B, F): m_x", "m = m_bit  # (B, F): m_x",
+             (FORMULAS,), "DIFM without its vector-wise factor"),
+    Mutation("difm-w-not-reweighted", "src/adactr/models/difm.py",
+             "linear = self.first_order.bias + (m * w).sum(dim=1, keepdim=True)",
+             "linear = self.first_order.bias + w.sum(dim=1, keepdim=True)",
+             (FORMULAS,), "DIFM re-weights the embeddings but not the first-order weights"),
+    Mutation("autoint-plus-no-tower", "src/adactr/models/autoint.py",
+             "y = y + self.tower(emb.flatten(1), cond)  # AutoInt+: (B, 1)", "y = y  # AutoInt+: (B, 1)",
+             (FORMULAS,), "AutoInt+ reports plain AutoInt"),
+    # ---- metrics --------------------------------------------------------------------------------------
+    Mutation("auc-ties-first-rank", "src/adactr/train/metrics.py",
+             "rank2 = runs + run_end + 1 - 2 * group_first", "rank2 = 2 * runs + 2 - 2 * group_first",
+             (METRICS,), "tied scores get the first rank of their run, not the average"),
+    Mutation("gauc-unweighted", "src/adactr/train/metrics.py",
+             "return float((w * aucs[both]).sum() / w.sum())", "return float(aucs[both].mean())",
+             (METRICS,), "GAUC as a plain mean over groups"),
+    Mutation("relaimp-no-half", "src/adactr/train/metrics.py",
+             "return ((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0",
+             "return (auc_model / auc_base - 1.0) * 100.0",
+             (METRICS,), "RelaImp without subtracting the random guess's 0.5"),
+    Mutation("logloss-from-probabilities", "src/adactr/train/metrics.py",
+             "F.binary_cross_entropy_with_logits(logits.to(torch.float64), y.to(torch.float64))",
+             "F.binary_cross_entropy(torch.sigmoid(logits.to(torch.float32)).double(), y.to(torch.float64))",
+             (METRICS,), "log loss from float32 probabilities: log(0) for confident logits"),
+    Mutation("per-domain-count-all", "src/adactr/train/metrics.py",
+             '"count": int(y.numel()),', '"count": int(mask.numel()),',
+             (METRICS,), "each domain's count is the whole split"),
+    # ---- train ----------------------------------------------------------------------------------------
+    Mutation("keep-last-not-best", "src/adactr/train/trainer.py",
+             "model.load_state_dict(best_state)", "pass",
+             (TRAINER,), "early stopping keeps the last epoch's weights instead of the best"),
+    Mutation("no-lr-decay", "src/adactr/train/trainer.py",
+             'g["lr"] = max(g["lr"] * cfg.lr_decay, cfg.min_lr)', 'g["lr"] = g["lr"]',
+             (TRAINER,), "reduce-on-plateau never reduces"),
+    Mutation("embedding-l2-to-dense", "src/adactr/train/trainer.py",
+             "lr=cfg.lr, l2=cfg.embedding_l2,", "lr=cfg.lr, l2=cfg.dense_l2,",
+             (TRAINER,), "the embedding group gets the dense L2"),
+)
+
+
+def _copy_tree(dest: Path) -> Path:
+    """src/, tests/, pyproject.toml and README.md copied to dest/repo; ../shared linked beside it."""
+    repo = dest / "repo"
+    repo.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "tests"):
+        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, repo / name)
+    shared = ROOT.parent / "shared"
+    if shared.exists():
+        (dest / "shared").symlink_to(shared)  # tests/conftest.py finds ../shared/data beside the repo
+    return repo
+
+
+def _pytest(repo: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *tests]
+    try:
+        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "timeout"
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    failed = [ln.split(" - ")[0].split()[1] for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
+    return r.returncode, (failed[0] if failed else lines[-1] if lines else "")
+
+
+def _check_import(repo: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"))
+    out = subprocess.run([sys.executable, "-c", "import adactr; print(adactr.__file__)"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(out).resolve().is_relative_to(repo.resolve()):
+        raise SystemExit(f"the copy is not what the tests import ({out}); is adactr installed non-editable?")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="print the mutations and exit")
+    ap.add_argument("--only", help="comma-separated mutation names")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    args = ap.parse_args(argv)
+    chosen = list(MUTATIONS)
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {m.name for m in MUTATIONS})
+        if unknown:
+            ap.error(f"unknown mutation(s): {', '.join(unknown)}")
+        chosen = [m for m in MUTATIONS if m.name in names]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:32s} {m.path:34s} {' '.join(m.tests)}\n    {m.why}")
+        return 0
+    assert len({m.name for m in MUTATIONS}) == len(MUTATIONS), "mutation names must be unique"
+
+    with tempfile.TemporaryDirectory(prefix="adactr-mutations-") as tmp:
+        repo = _copy_tree(Path(tmp))
+        _check_import(repo)
+        test_files = tuple(sorted({t for m in chosen for t in m.tests}))
+        t0 = time.perf_counter()
+        code, last = _pytest(repo, test_files, args.timeout)
+        print(f"baseline (no mutation): {' '.join(test_files)}: {last} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+        if code != 0:
+            print("the unmutated tests do not pass: fix them first", file=sys.stderr)
+            return 1
+        rows = []
+        for m in chosen:
+            path = repo / m.path
+            original = path.read_text(encoding="utf-8")
+            n = original.count(m.old)
+            if n != 1:
+                rows.append((m, f"stale ({n} matches)", 0.0, ""))
+                print(f"{m.name}: stale, the text to replace occurs {n} times", flush=True)
+                continue
+            mutated = original.replace(m.old, m.new)
+            try:
+                compile(mutated, str(path), "exec")
+            except SyntaxError as e:
+                rows.append((m, "invalid", 0.0, str(e)))
+                continue
+            path.write_text(mutated, encoding="utf-8")
+            t0 = time.perf_counter()
+            try:
+                code, last = _pytest(repo, m.tests, args.timeout)
+            finally:
+                path.write_text(original, encoding="utf-8")
+            status = "timeout" if code is None else ("caught" if code != 0 else "MISSED")
+            rows.append((m, status, time.perf_counter() - t0, last))
+            print(f"{m.name}: {status} ({rows[-1][2]:.0f} s) {last}", flush=True)
+
+    caught = sum(r[1] == "caught" for r in rows)
+    print("\n| mutation | file | bug | result | first failing test |\n|---|---|---|---|---|")
+    for m, status, _, first in rows:
+        first = first.removeprefix("tests/") if status == "caught" else ""
+        print(f"| {m.name} | {m.path.removeprefix('src/adactr/')} | {m.why} | {status} | {first} |")
+    print(f"\ncaught {caught} / {len(rows)}")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""Every registered model's logit, recomputed from its paper's formula.
+
+**The rule for every model added to adactr**: a test here computes the model's output independently,
+from the equations of the paper it implements, on a tiny hand-made batch, and compares it with the
+model's forward. "Independently" means the reference below never calls the model's own blocks
+(``FMInteraction``, ``CrossNetV2``, ``MultiHeadSelfAttention``, ...): it reads the model's parameters and
+redoes the arithmetic sample by sample, field by field, with Python loops in float64. A model that
+silently becomes another model (a missing FM term, a cross layer fed ``x_l`` instead of ``x_0``, attention
+normalised over the wrong axis) fails here, whatever its AUC. ``tests/mutations.py`` plants such bugs and
+checks that this module (with the rest of the suite) catches every one.
+
+The layout has three categorical fields of different sizes (so non-cumulative embedding offsets differ
+from cumulative ones), a numerical field and two multi-valued fields, one mean- and one sum-pooled: every
+kind of field in the (B, F, D) layout. Parameters are redrawn with a large scale so that every term moves
+the logit (the default 1e-4 embeddings would hide a missing second-order term below float tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from adactr.data.schema import FieldLayout, Pooling
+from adactr.data.tensors import Batch
+from adactr.models.config import CrossStructure, ModelConfig, TowerLayer
+from adactr.models.registry import MODELS, build_model
+from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
+from adactr.nn.embedding import FieldEmbedding
+from adactr.nn.interaction import BilinearType
+
+# Fields, in the order of the (B, F, D) output: a, b, c categorical (3, 5, 4 values), x numerical,
+# s (mean-pooled, 6 values) and t (sum-pooled, 3 values) multi-valued.
+LAYOUT = FieldLayout(names=("a", "b", "c", "x", "s", "t"), cat_sizes=(3, 5, 4), n_num=1, seq_sizes=(6, 3),
+                     seq_pooling=(Pooling.MEAN, Pooling.SUM))
+F, D = 6, 3
+CONFIG = ModelConfig(embedding_dim=D, hidden=(5, 4), cross_layers=2, attention_heads=2, attention_dim=2,
+                     attention_layers=2, senet_reduction=2)
+B = 5
+
+Vec = list[float]
+
+
+def _batch(seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    cat = torch.stack([torch.randint(0, n, (B,), generator=g) for n in LAYOUT.cat_sizes], dim=1)
+    s = torch.randint(0, 6, (B, 3), generator=g)
+    s[0] = 0  # an all-padding row: its pooled vector is zero
+    s[1] = torch.tensor([2, 0, 2])  # a repeated item and one pad: mean over the two items
+    t = torch.randint(0, 3, (B, 2), generator=g)
+    return Batch(cat=cat, num=torch.randn(B, 1, generator=g, dtype=torch.float64), seq=(s, t),
+                 label=torch.zeros(B, dtype=torch.float64))
+
+
+def _randomised(model: nn.Module, seed: int = 1, scale: float = 0.5) -> nn.Module:
+    """Every parameter (and batch-norm statistic) redrawn from a seeded generator, in float64, eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * scale)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=torch.float64) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5)
+    return model
+
+
+# ---- the reference arithmetic: lists of floats, nothing from adactr.nn -----------------------------
+
+def _t(x: Tensor) -> list:
+    return x.detach().tolist()
+
+
+def fields(emb: FieldEmbedding, batch: Batch, b: int) -> list[Vec]:
+    """The F field vectors of sample b: one table, field f's rows start after all earlier fields' rows."""
+    table, wnum = _t(emb.table.weight), _t(emb.num_weight)
+    dim = len(table[0])
+    out: list[Vec] = []
+    start = 0
+    for f, size in enumerate(LAYOUT.cat_sizes):
+        out.append(table[start + int(batch.cat[b, f])])
+        start += size
+    for f in range(LAYOUT.n_num):
+        out.append([float(batch.num[b, f]) * w for w in wnum[f]])
+    for seq, size, pooling in zip(batch.seq, LAYOUT.seq_sizes, LAYOUT.seq_pooling, strict=True):
+        items = [int(i) for i in seq[b] if int(i) > 0]  # 0 = padding
+        pooled = [sum(table[start + i][d] for i in items) for d in range(dim)]
+        if pooling is Pooling.MEAN and items:
+            pooled = [v / len(items) for v in pooled]
+        out.append(pooled)
+        start += size
+    return out
+
+
+def dot(u: Vec, v: Vec) -> float:
+    return sum(a * b for a, b in zip(u, v, strict=True))
+
+
+def matvec(W: list[Vec], x: Vec) -> Vec:  # W (out, in) as nn.Linear stores it
+    return [dot(row, x) for row in W]
+
+
+def vecmat(x: Vec, W: list[Vec]) -> Vec:  # the row vector x times W (in, out)
+    return [sum(x[i] * W[i][j] for i in range(len(x))) for j in range(len(W[0]))]
+
+
+def add(*vs: Vec) -> Vec:
+    return [sum(t) for t in zip(*vs, strict=True)]
+
+
+def mul(u: Vec, v: Vec) -> Vec:
+    return [a * b for a, b in zip(u, v, strict=True)]
+
+
+def scale(c: float, v: Vec) -> Vec:
+    return [c * a for a in v]
+
+
+def relu(v: Vec) -> Vec:
+    return [max(a, 0.0) for a in v]
+
+
+def softmax(v: Vec) -> Vec:
+    m = max(v)
+    e = [math.exp(a - m) for a in v]
+    return [a / sum(e) for a in e]
+
+
+def flat(vs: list[Vec]) -> Vec:
+    return [a for v in vs for a in v]
+
+
+def linear(layer: nn.Module, x: Vec) -> Vec:
+    y = matvec(_t(layer.weight), x)
+    return y if layer.bias is None else add(y, _t(layer.bias))
+
+
+def mlp(tower: nn.Module, x: Vec) -> Vec:
+    """y = W_L relu(BN(W_{L-1} ... relu(BN(W_1 x + b_1)) ...) + b_L; BN (eval: running statistics) where
+    the tower has one, always before the activation, dropout off in evaluation."""
+    for i, layer in enumerate(tower.layers):
+        x = linear(layer, x)
+        bns = [m for m in tower.post[i] if isinstance(m, nn.BatchNorm1d)]
+        for bn in bns:
+            x = [(v - m) / math.sqrt(var + bn.eps) * g + beta for v, m, var, g, beta in
+                 zip(x, _t(bn.running_mean), _t(bn.running_var), _t(bn.weight), _t(bn.bias), strict=True)]
+        x = relu(x)
+    return x if tower.out is None else linear(tower.out, x)
+
+
+def first_order(fo: nn.Module, batch: Batch, b: int) -> float:
+    """w_0 + sum_f w_f(x_f): the one-dimensional field 'embeddings' summed (Rendle eq. 1, first terms)."""
+    return _t(fo.bias)[0] + sum(v[0] for v in fields(fo.embedding, batch, b))
+
+
+def fm(e: list[Vec]) -> float:
+    """sum_{i<j} <e_i, e_j> (Rendle eq. 1, the pairwise term), written as the double loop."""
+    return sum(dot(e[i], e[j]) for i in range(len(e)) for j in range(i + 1, len(e)))
+
+
+def pairs(n: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def attention(mhsa: nn.Module, e: list[Vec], *, scaled: bool) -> list[Vec]:
+    """AutoInt eqs. 5-9 for one sample: per head softmax_k <W_Q e_m, W_K e_k>, then concat, + W_Res e_m, relu."""
+    H, d = mhsa.heads, mhsa.head_dim
+    WQ, WK, WV = _t(mhsa.W_Q.weight), _t(mhsa.W_K.weight), _t(mhsa.W_V.weight)
+    q = [matvec(WQ, v) for v in e]
+    k = [matvec(WK, v) for v in e]
+    val = [matvec(WV, v) for v in e]
+    out = []
+    for m in range(len(e)):
+        heads: Vec = []
+        for h in range(H):
+            sl = slice(h * d, (h + 1) * d)
+            psi = [dot(q[m][sl], k[j][sl]) / (math.sqrt(d) if scaled else 1.0) for j in range(len(e))]
+            alpha = softmax(psi)
+            heads += [sum(alpha[j] * val[j][sl][c] for j in range(len(e))) for c in range(d)]
+        res = matvec(_t(mhsa.W_Res.weight), e[m]) if mhsa.W_Res is not None else [0.0] * len(heads)
+        out.append(relu(add(heads, res)))
+    return out
+
+
+# ---- one reference per model -----------------------------------------------------------------------
+
+def ref_lr(model, batch, b):
+    return first_order(model.first_order, batch, b)
+
+
+def ref_fm(model, batch, b):
+    return first_order(model.first_order, batch, b) + fm(fields(model.embedding, batch, b))
+
+
+def ref_dnn(model, batch, b):
+    return mlp(model.tower, flat(fields(model.embedding, batch, b)))[0]
+
+
+def ref_wdl(model, batch, b):  # Cheng et al. eq. 3: wide + deep logits
+    return first_order(model.wide, batch, b) + mlp(model.tower, flat(fields(model.embedding, batch, b)))[0]
+
+
+def ref_deepfm(model, batch, b):  # Guo et al. eq. 1: y_FM (first order + pairwise) + y_DNN
+    e = fields(model.embedding, batch, b)
+    return first_order(model.first_order, batch, b) + fm(e) + mlp(model.tower, flat(e))[0]
+
+
+def ref_dcn(model, batch, b):  # Wang et al. 2017 eq. 3 (cross), eq. 4 (deep), eq. 5 (combination)
+    x0 = flat(fields(model.embedding, batch, b))
+    x = x0
+    for layer in model.cross.layers:
+        w = _t(layer.w.weight)[0]
+        x = add(scale(dot(x, w), x0), _t(layer.b), x)  # x_0 x_l^T w_l + b_l + x_l
+    h = mlp(model.tower, x0)
+    return linear(model.fc, x + h)[0]
+
+
+def _cross_v2(layer, x0: Vec, x: Vec) -> Vec:
+    if layer.rank == 0:  # DCNv2 eq. 1: x_0 ⊙ (W x_l + b) + x_l
+        return add(mul(x0, linear(layer.W, x)), x)
+    # eq. 3: sum_i G_i(x_l) [x_0 ⊙ (U_i tanh(C_i tanh(V_i^T x_l)) + b)] + x_l
+    U, V, C, bias = _t(layer.U), _t(layer.V), _t(layer.C), _t(layer.b)  # U, V (d, K, r); C (K, r, r)
+    K, r, d = layer.experts, layer.rank, len(x)
+    G = softmax(matvec(_t(layer.gate.weight), x))
+    total = [0.0] * d
+    for i in range(K):
+        v = [math.tanh(sum(V[j][i][s] * x[j] for j in range(d))) for s in range(r)]
+        c = [math.tanh(sum(C[i][s][t] * v[t] for t in range(r))) for s in range(r)]
+        u = [sum(U[j][i][s] * c[s] for s in range(r)) for j in range(d)]
+        total = add(total, scale(G[i], mul(x0, add(u, bias))))
+    return add(total, x)
+
+
+def ref_dcnv2(model, batch, b):  # Wang et al. 2021, Fig. 1: stacked or parallel
+    x0 = flat(fields(model.embedding, batch, b))
+    x = x0
+    for layer in model.cross.layers:
+        x = _cross_v2(layer, x0, x)
+    if model.stacked:
+        return mlp(model.tower, x)[0]
+    return linear(model.fc, x + mlp(model.tower, x0))[0]
+
+
+def ref_ipnn(model, batch, b):  # Qu et al. III-B: z and p_ij = <f_i, f_j> feed the first layer
+    e = fields(model.embedding, batch, b)
+    return mlp(model.tower, flat(e) + [dot(e[i], e[j]) for i, j in pairs(F)])[0]
+
+
+def ref_opnn(model, batch, b):  # Qu et al. III-C: p = f_Σ f_Σ^T, f_Σ = sum_i f_i
+    e = fields(model.embedding, batch, b)
+    f_sum = add(*e)
+    return mlp(model.tower, flat(e) + [f_sum[r] * f_sum[c] for r in range(D) for c in range(D)])[0]
+
+
+def _bilinear(layer, e: list[Vec]) -> list[Vec]:
+    """FiBiNET: p_ij = (v_i · W) ⊙ v_j with W shared / of field i / of pair (i, j)."""
+    W = _t(layer.W)
+    out = []
+    for n, (i, j) in enumerate(pairs(len(e))):
+        kind = layer.bilinear_type
+        Wk = W[0] if kind is BilinearType.FIELD_ALL else W[i] if kind is BilinearType.FIELD_EACH else W[n]
+        out.append(mul(vecmat(e[i], Wk), e[j]))
+    return out
+
+
+def ref_fibinet(model, batch, b):  # Huang et al.: SENET, two bilinear layers, DNN, + linear part
+    e = fields(model.embedding, batch, b)
+    Z = [sum(v) / len(v) for v in e]  # squeeze: mean over the embedding
+    A = relu(matvec(_t(model.senet.W2.weight), relu(matvec(_t(model.senet.W1.weight), Z))))  # excitation
+    v = [scale(a, ei) for a, ei in zip(A, e, strict=True)]  # re-weight
+    c = flat(_bilinear(model.bilinear_e, e)) + flat(_bilinear(model.bilinear_v, v))
+    return first_order(model.first_order, batch, b) + mlp(model.tower, c)[0]
+
+
+def ref_autoint(model, batch, b):  # Song et al.: interacting layers (eqs. 5-9), output eq. 10 (+ AutoInt+ MLP)
+    e = fields(model.embedding, batch, b)
+    x = e
+    for layer in model.interacting:
+        x = attention(layer, x, scaled=False)
+    y = linear(model.fc, flat(x))[0]
+    if model.tower is not None:
+        y += mlp(model.tower, flat(e))[0]
+    return y
+
+
+def ref_difm(model, batch, b):  # Lu et al.: m_x = m_vec + m_bit re-weights the FM's w_i and v_i
+    e = fields(model.embedding, batch, b)
+    m_vec = matvec(_t(model.P_vec.weight), flat(attention(model.vector_wise, e, scaled=True)))
+    m_bit = matvec(_t(model.P_bit.weight), mlp(model.tower, flat(e)))
+    m = add(m_vec, m_bit)
+    w = [v[0] for v in fields(model.first_order.embedding, batch, b)]  # w_i x_i per field
+    linear_part = _t(model.first_order.bias)[0] + sum(mi * wi for mi, wi in zip(m, w, strict=True))
+    return linear_part + fm([scale(mi, ei) for mi, ei in zip(m, e, strict=True)])
+
+
+REFERENCES: dict[str, Callable] = {
+    "lr": ref_lr, "fm": ref_fm, "dnn": ref_dnn, "wdl": ref_wdl, "deepfm": ref_deepfm, "dcnv2": ref_dcnv2,
+    "ipnn": ref_ipnn, "opnn": ref_opnn, "fibinet": ref_fibinet, "difm": ref_difm, "dcn": ref_dcn,
+    "autoint": ref_autoint,
+}
+
+
+def _check(model: nn.Module, ref: Callable, batch: Batch | None = None) -> None:
+    batch = batch or _batch()
+    with torch.no_grad():
+        got = model(batch)
+    want = torch.tensor([ref(model, batch, b) for b in range(B)], dtype=torch.float64)
+    assert got.shape == (B,)
+    assert want.std() > 1e-2  # the rows differ: a constant output would not be checked
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_every_registered_model_has_a_formula_test() -> None:
+    # A new model must bring its reference here (the rule in this module's docstring).
+    assert set(REFERENCES) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_model_equals_its_formula(name: str) -> None:
+    model = _randomised(build_model(name, layout=LAYOUT, config=CONFIG))
+    _check(model, REFERENCES[name])
+
+
+@pytest.mark.parametrize("name", ["dnn", "deepfm", "dcnv2", "fibinet"])
+def test_tower_with_batch_norm_equals_its_formula(name: str) -> None:
+    cfg = replace(CONFIG, batch_norm=True, dropout=0.3)  # eval mode: dropout off, BN on running statistics
+    model = _randomised(build_model(name, layout=LAYOUT, config=cfg))
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == len(cfg.hidden)
+    _check(model, REFERENCES[name])
+
+
+@pytest.mark.parametrize("structure", list(CrossStructure))
+@pytest.mark.parametrize("rank", [0, 2])
+def test_dcnv2_structures_and_mixture_equal_the_formula(structure: CrossStructure, rank: int) -> None:
+    cfg = replace(CONFIG, cross_structure=structure, cross_rank=rank, cross_experts=3)
+    _check(_randomised(build_model("dcnv2", layout=LAYOUT, config=cfg)), ref_dcnv2)
+
+
+@pytest.mark.parametrize("kind", list(BilinearType))
+def test_fibinet_bilinear_types_equal_the_formula(kind: BilinearType) -> None:
+    cfg = replace(CONFIG, bilinear_type=kind)
+    _check(_randomised(build_model("fibinet", layout=LAYOUT, config=cfg)), ref_fibinet)
+
+
+def test_autoint_plus_equals_the_formula() -> None:
+    cfg = replace(CONFIG, autoint_plus=True)
+    _check(_randomised(build_model("autoint", layout=LAYOUT, config=cfg)), ref_autoint)
+
+
+def test_embedding_layout_against_hand_computed_rows() -> None:
+    """Three categorical fields of sizes 3, 5, 4 live at rows 0-2, 3-7 and 8-11; the sequences at 12-17
+    and 18-20. The table row r holds (r, 10 r, 100 r), so each looked-up row names itself."""
+    emb = FieldEmbedding(layout=LAYOUT, dim=3).double()
+    with torch.no_grad():
+        r = torch.arange(21, dtype=torch.float64)
+        emb.table.weight.copy_(torch.stack([r, 10 * r, 100 * r], dim=1))
+        emb.num_weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    batch = Batch(cat=torch.tensor([[2, 4, 3]]), num=torch.tensor([[0.5]], dtype=torch.float64),
+                  seq=(torch.tensor([[1, 5, 0]]), torch.tensor([[2, 2]])), label=torch.zeros(1))
+    out = emb(batch)[0]
+    # a: row 2; b: 3 + 4 = row 7; c: 3 + 5 + 3 = row 11; x: 0.5 x (1, 2, 3);
+    # s: mean of rows 12 + 1 = 13 and 12 + 5 = 17 -> 15; t: sum of rows 18 + 2 = 20 twice -> 40
+    want = torch.tensor([[2, 20, 200], [7, 70, 700], [11, 110, 1100], [0.5, 1, 1.5],
+                         [15, 150, 1500], [40, 400, 4000]], dtype=torch.float64)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+# ---- APG in a backbone, and its served form --------------------------------------------------------
+
+def _apg_layer(layer, x: Vec, z: Vec) -> Vec:
+    """APG v4 / v5 (eqs. 5-7): S_i = reshape(G(z_i)), y = U S_i V x (+ b or the generated b_i).
+
+    G is the single-layer generator (generator_hidden = ()); v5's U = U^l U^r and V = V^l V^r are
+    multiplied out here, in the reference, from the four factors.
+    """
+    K = layer.config.K
+    g = linear(layer.generator.net.out, z)  # [vec(S_i) (K K), b_i (N) when generated]
+    S = [g[r * K:(r + 1) * K] for r in range(K)]
+    if hasattr(layer, "U_l"):
+        U = [vecmat(row, _t(layer.U_r)) for row in _t(layer.U_l)]  # (N, K)
+        V = [vecmat(row, _t(layer.V_r)) for row in _t(layer.V_l)]  # (K, M)
+    else:
+        U, V = _t(layer.U), _t(layer.V)
+    y = matvec(U, matvec(S, matvec(V, x)))
+    b = g[K * K:] if layer.config.generate_bias else _t(layer.bias)
+    return add(y, b)
+
+
+def _apg_tower(tower, x: Vec, z: Vec | None) -> float:
+    for layer in tower.layers:
+        x = relu(_apg_layer(layer, x, x if z is None else z))
+    return linear(tower.out, x)[0]
+
+
+@pytest.mark.parametrize("version", [APGVersion.V4, APGVersion.V5])
+@pytest.mark.parametrize("generate_bias", [False, True])
+@pytest.mark.parametrize("condition", [ConditionMode.GROUP, ConditionMode.SELF])
+def test_deepfm_with_apg_equals_the_formula_and_so_does_its_served_form(
+        version: APGVersion, generate_bias: bool, condition: ConditionMode) -> None:
+    apg = APGConfig(version=version, rank=2, overparam_dim=3, generate_bias=generate_bias, condition=condition,
+                    condition_fields=("b", "x") if condition is ConditionMode.GROUP else ())
+    cfg = replace(CONFIG, tower_layer=TowerLayer.APG, apg=apg)
+    model = _randomised(build_model("deepfm", layout=LAYOUT, config=cfg))
+
+    def ref(model, batch, b):
+        e = fields(model.embedding, batch, b)
+        z = e[1] + e[3] if condition is ConditionMode.GROUP else None  # z = [e_b; e_x]
+        return first_order(model.first_order, batch, b) + fm(e) + _apg_tower(model.tower, flat(e), z)
+
+    _check(model, ref)
+    served = model.for_inference()
+    if version is APGVersion.V5:
+        assert served is not model and not any(hasattr(m, "U_l") for m in served.modules())
+    _check(served, ref if version is APGVersion.V4 else
+           lambda served_model, batch, b: ref(model, batch, b))  # the served model gives the training formula
+
+
+def test_collapse_carries_a_nonzero_static_bias() -> None:
+    apg = APGConfig(version=APGVersion.V5, rank=2, overparam_dim=3, condition=ConditionMode.SELF)
+    model = _randomised(build_model("dnn", layout=LAYOUT, config=replace(CONFIG, tower_layer=TowerLayer.APG,
+                                                                         apg=apg)))
+    layer = model.tower.layers[0]
+    assert layer.bias.abs().min() > 0  # the randomised static bias is non-zero everywhere
+    served = layer.collapse()
+    torch.testing.assert_close(served.bias, layer.bias, rtol=0, atol=0)
+    x = torch.randn(B, layer.in_features, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(served(x), layer(x), rtol=1e-10, atol=1e-10)
