@@ -9,6 +9,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _same_torch_rng_for_every_test():
+    """Each test starts from torch's global random state seeded with 0 and leaves the global state as it
+    found it: no test's draws depend on which tests ran before it (or on ``-k`` / ``-x`` selections)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 @pytest.fixture
 def counting_layer():
     """A layer factory that records every (in, out) it builds and every cond its layers receive."""

@@ -23,7 +23,7 @@ def test_help_works(capsys):
     assert "--format criteo" in capsys.readouterr().out
 
 
-def test_train_writes_metrics_config_checkpoint(tmp_path, world_data):
+def test_train_writes_metrics_config_checkpoint(tmp_path, world_data, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(world_data), "--model", "deepfm", "--out", str(run), *FAST]) == 0
     m = json.loads((run / "metrics.json").read_text())
@@ -35,8 +35,17 @@ def test_train_writes_metrics_config_checkpoint(tmp_path, world_data):
     assert (run / "model.safetensors").exists() and (run / "last.pt").exists()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["model"]["hidden"] == [32, 16]
-    # evaluate gives the test metrics again
-    assert main(["evaluate", "--run", str(run), "--data", str(world_data)]) == 0
+    # evaluate gives the test metrics again: the saved weights, re-read, reproduce the run's figures
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(world_data), "--quiet"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["count"] == m["test"]["count"] == 600
+    for key in ("auc", "logloss", "gauc"):
+        assert again[key] == pytest.approx(m["test"][key], rel=1e-6, abs=1e-7), key
+    assert again["per_domain"].keys() == m["test"]["per_domain"].keys()
+    for name, d in m["test"]["per_domain"].items():
+        assert again["per_domain"][name]["auc"] == pytest.approx(d["auc"], rel=1e-6), name
+        assert again["per_domain"][name]["count"] == d["count"]
 
 
 def test_evaluate_and_predict_show_progress_over_batches_unless_quiet(tmp_path, world_data, world_csv, capsys):

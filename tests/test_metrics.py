@@ -41,9 +41,10 @@ def test_logloss_golden() -> None:
 
 
 def test_logloss_is_stable_for_large_logits() -> None:
-    # float32 sigmoid(100) == 1.0, so a loss from probabilities would be -log(0) = inf; from logits
-    # it is 100 + log1p(e^-100) = 100 for the wrong label and ~0 for the right one: mean 50.
-    assert logloss(torch.tensor([100.0, -100.0]), torch.tensor([0, 0])) == pytest.approx(50.0, abs=1e-12)
+    # float32 sigmoid(300) == 1.0, so a loss from probabilities would be -log(0) = inf (PyTorch's BCE clamps
+    # the log at -100, which would give 50); from logits it is 300 + log1p(e^-300) = 300 for the wrong
+    # label and ~0 for the right one: mean 150.
+    assert logloss(torch.tensor([300.0, -300.0]), torch.tensor([0, 0])) == pytest.approx(150.0, abs=1e-12)
 
 
 def test_gauc_golden() -> None:
