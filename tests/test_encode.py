@@ -15,7 +15,7 @@ def frame(**cols):
     return pl.DataFrame(cols).with_row_index(ROW, offset=2)
 
 
-TRAIN = frame(label=["1", "0", "-1", "1", "0"], city=["a", "b", None, "a", "c"], price=["1", "", "3", "5", "1"],
+TRAIN = frame(label=["1", "0", "0", "1", "0"], city=["a", "b", None, "a", "c"], price=["1", "", "3", "5", "1"],
               tags=["x|y", "y", None, "z|x|y", "y"], dom=["p", "q", "p", "p", "q"])
 
 
@@ -30,7 +30,17 @@ def test_vocab_by_frequency_and_reserved_slots():
     assert vocabs["city"] == ["a", "b", "c"]  # a twice, then b, c by value
     arrays = encode(df, schema, vocabs, file="train.csv")
     assert arrays["cat"][:, 0].tolist() == [2, 3, MISSING, 2, 4]  # city column
-    assert arrays["label"].tolist() == [1, 0, 0, 1, 0]  # -1 -> 0
+    assert arrays["label"].tolist() == [1, 0, 0, 1, 0]
+
+
+def test_labels_in_either_convention_but_not_both():
+    assert check_labels(frame(label=["-1", "1", "+1", " -1 "]), "label", file="f")["label"].to_list() == [0, 1, 1, 0]
+    assert check_labels(frame(label=["1.0", "0", "0.0"]), "label", file="f")["label"].to_list() == [1, 0, 0]
+    # a -1 among 0s is ambiguous (a typo, or another convention?): named where the mix shows
+    with pytest.raises(DataError, match=r"^f.csv, row 4, column 'label': label '-1' mixes the 0/1 and -1/1 conv"):
+        check_labels(frame(label=["1", "0", "-1", "0"]), "label", file="f.csv")
+    with pytest.raises(DataError, match=r"^f.csv, row 3, column 'label': label is empty$"):
+        check_labels(frame(label=["1", None]), "label", file="f.csv")
 
 
 def test_unseen_values_go_to_oov_not_an_error():
@@ -93,10 +103,35 @@ def test_bad_label_names_file_row_column():
         check_labels(frame(label=["1", "0", "2"]), "label", file="f.csv")
 
 
-def test_missing_column_is_named():
+def test_missing_column_is_named_and_the_list_has_no_internal_names():
     (schema, vocabs), _ = fitted()
-    with pytest.raises(DataError, match=r"column 'price' is missing"):
+    with pytest.raises(DataError) as exc:
         encode(frame(label=["1"], city=["a"], tags=["x"], dom=["p"]), schema, vocabs, file="x.csv")
+    assert str(exc.value) == "x.csv: column 'price' is missing (columns are: label, city, tags, dom)"
+
+
+def test_columns_named_like_internal_ones_are_ordinary_columns():
+    df = check_labels(frame(label=["1", "0", "1"], __n=["a", "b", "a"], value=["x", "x", "y"]), "label", file="t")
+    schema, vocabs = fit(df, Roles(), EncodeOptions(), file="t")
+    assert vocabs == {"__n": ["a", "b"], "value": ["x", "y"]}
+
+
+def test_non_finite_numbers_are_missing_and_never_reach_the_arrays():
+    (schema, vocabs), _ = fitted()
+    new = frame(label=["1"] * 5, city=["a"] * 5, price=["inf", "-inf", "1e400", "nan", ""], tags=["x"] * 5,
+                dom=["p"] * 5)
+    assert encode(new, schema, vocabs, file="n.csv")["num"][:, 0].tolist() == [0.0] * 5  # missing -> the mean
+
+
+def test_numbers_too_large_to_standardise_are_named():
+    df = check_labels(frame(label=["1", "0"], v=["1e308", "1e308"]), "label", file="t.csv")
+    # float64 mean of two 1e308 overflows to inf (and std to NaN): every encoded value would be NaN
+    with pytest.raises(DataError, match=r"^t.csv, row 2, column 'v': '1e308' is too large to standardise"):
+        fit(df, Roles(numerical=("v",)), EncodeOptions(), file="t.csv")
+    (schema, vocabs), _ = fitted()  # price: mean 2.5, std 1.91
+    huge = frame(label=["1", "0"], city=["a", "a"], price=["1", "1e39"], tags=["x", "x"], dom=["p", "p"])
+    with pytest.raises(DataError, match=r"^h.csv, row 3, column 'price': '1e39' is too large: standardised"):
+        encode(huge, schema, vocabs, file="h.csv")
 
 
 def test_schema_json_round_trip(tmp_path):

@@ -25,7 +25,13 @@ class DataError(AdactrError):
         if column is not None:
             where.append(f"column {column!r}")
         self.file, self.row, self.column = file, row, column
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.detail = message
+        text = f"{', '.join(where)}: {message}" if where else message
+        super().__init__(" ".join(text.splitlines()))  # one line, whatever a library's message held
+
+    def at_row(self, row: int) -> DataError:
+        """The same error moved to another row (a record number turned into the line an editor shows)."""
+        return DataError(self.detail, file=self.file, row=row, column=self.column)
 
 
 class ConfigError(AdactrError):

@@ -15,6 +15,7 @@ a missing one MISSING (0). No torch here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,7 +66,8 @@ def _check_columns(df: pl.DataFrame, needed: Sequence[str], *, file: str) -> Non
     have = set(df.columns)
     for c in needed:
         if c not in have:
-            raise DataError(f"column {c!r} is missing (columns are: {', '.join(df.columns)})", file=file)
+            shown = ", ".join(x for x in df.columns if x != ROW)
+            raise DataError(f"column {c!r} is missing (columns are: {shown})", file=file)
 
 
 def _first_bad_row(df: pl.DataFrame, mask: pl.Series) -> int:
@@ -91,7 +93,8 @@ def _to_float(df: pl.DataFrame, name: str, *, file: str) -> pl.Series:
             value = s.filter(bad)[0]
             raise DataError(f"{value!r} is not a number (the column is numerical)", file=file, row=row,
                             column=name)
-    # NaN and +-inf count as missing: they carry no usable magnitude.
+    # nan, inf, -inf and numbers beyond float64 (1e400 reads as inf) count as missing: they carry no
+    # usable magnitude, and one of them in a normaliser would make every encoded value NaN.
     return pl.select(pl.when(pl.lit(x).is_finite()).then(pl.lit(x))).to_series().alias(name)
 
 
@@ -122,12 +125,14 @@ def _fit_vocab(s: pl.Series, min_count: int, rows: pl.Series | None = None) -> l
     mask of the rows to count (the train rows of a frame holding every split), which saves gathering them."""
     # a hash group-by over the (masked) rows: 4-10x faster than gathering the train rows and value_counts
     # (5M Criteo-shaped rows, one categorical column: 0.03-0.21 s against 0.19-0.90 s)
-    keep = pl.col(s.name).is_not_null()
-    frame = pl.DataFrame([s]) if rows is None else pl.DataFrame([s, rows.alias("__train")])
-    counts = (frame.lazy().filter(keep if rows is None else pl.col("__train") & keep)
-              .group_by(s.name).agg(pl.len().alias("__n")).collect())
-    kept = counts.filter(pl.col("__n") >= min_count).sort(["__n", s.name], descending=[True, False])
-    return kept[s.name].to_list()
+    # fixed internal names: a raw column may be called anything, "__n" included
+    keep = pl.col("value").is_not_null()
+    frame = pl.DataFrame([s.alias("value")]) if rows is None else pl.DataFrame([s.alias("value"),
+                                                                               rows.alias("train")])
+    counts = (frame.lazy().filter(keep if rows is None else pl.col("train") & keep)
+              .group_by("value").agg(pl.len().alias("n")).collect())
+    kept = counts.filter(pl.col("n") >= min_count).sort(["n", "value"], descending=[True, False])
+    return kept["value"].to_list()
 
 
 def _encode_values(s: pl.Series, vocab: Sequence[str]) -> pl.Series:
@@ -210,6 +215,11 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
                 x = col(_to_float(train, name, file=file))
                 mean = float(x.mean() or 0.0)  # type: ignore[arg-type]
                 std = float(x.std() or 0.0)  # type: ignore[arg-type]
+                if not (math.isfinite(mean) and math.isfinite(std)):  # e.g. two values of 1e308 overflow
+                    big = x.abs().arg_max()
+                    raise DataError(f"{col(train[name])[big]!r} is too large to standardise (the mean or standard "
+                                    "deviation overflows): rescale the column, or pass --numeric log_bucket",
+                                    file=file, row=int(col(train[ROW])[big]), column=name)
                 fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.STANDARD,
                                         mean=mean, std=std if std > 0 else 1.0))
                 continue
@@ -261,7 +271,14 @@ def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: s
     num_cols = []
     for f in schema.num_fields:
         x = _to_float(df, f.name, file=file)
-        num_cols.append(((x - f.mean) / f.std).fill_null(0.0).to_numpy().astype(np.float32))
+        with np.errstate(over="ignore"):
+            z = ((x - f.mean) / f.std).fill_null(0.0).to_numpy().astype(np.float32)
+        if not np.isfinite(z).all():  # a value float32 cannot hold once standardised (|z| > 3.4e38)
+            i = int(np.argmin(np.isfinite(z)))
+            raise DataError(f"{df[f.name][i]!r} is too large: standardised with the train mean {f.mean:g} and standard "
+                            f"deviation {f.std:g} it does not fit a float32", file=file, row=int(df[ROW][i]),
+                            column=f.name)
+        num_cols.append(z)
     out["num"] = np.stack(num_cols, axis=1) if num_cols else np.zeros((n, 0), np.float32)
 
     for j, f in enumerate(schema.seq_fields):
@@ -292,8 +309,14 @@ def _labels(df: pl.DataFrame, column: str, *, file: str) -> np.ndarray:
     ok = x.is_in([0.0, 1.0, -1.0]).fill_null(False)
     if not ok.all():
         bad = ~ok
-        raise DataError(f"label {s.filter(bad)[0]!r} is not one of 0/1 or -1/1", file=file,
-                        row=_first_bad_row(df, bad), column=column)
+        value = s.filter(bad)[0]
+        what = "is empty" if value in (None, "") else f"{value!r} is not one of 0/1 or -1/1"
+        raise DataError(f"label {what}", file=file, row=_first_bad_row(df, bad), column=column)
+    neg, zero = (x == -1.0).arg_true(), (x == 0.0).arg_true()
+    if len(neg) and len(zero):  # -1 is a negative only where no 0 is: a mix is ambiguous
+        i = int(max(neg[0], zero[0]))
+        raise DataError(f"label {s[i]!r} mixes the 0/1 and -1/1 conventions", file=file, row=int(df[ROW][i]),
+                        column=column)
     return (x.to_numpy() > 0).astype(np.float32)
 
 

@@ -6,7 +6,8 @@ Stages (each vectorised; a progress bar names the stage)::
         -> fit vocabularies + normalisers on train -> encode each split -> write
 
 The directory is written under a temporary name and renamed at the end, so an error (bad row, missing
-column) never leaves a half-written dataset behind. No torch here.
+column, a full disk) never leaves a half-written dataset behind. An error about a row names the line an
+editor shows it on (blank lines and quoted newlines included). No torch here.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import polars as pl
@@ -91,31 +94,72 @@ def read_raw(fmt: Format, path: Path, *, field_map: Path | None = None,
     """Read one raw file in the given format and number its rows as the file does (1-based)."""
     if not path.exists():
         raise DataError("no such file or directory", file=str(path))
-    first = 2  # a header line precedes the first data row
     if fmt is Format.CSV:
         df = readers.read_table(path)
-        if path.suffix == ".parquet":
-            first = 1
     elif fmt is Format.CRITEO:
-        df, first = readers.read_criteo(path), 1
+        df = readers.read_criteo(path)
     elif fmt is Format.AVAZU:
-        first = 2 if _first_line(path).startswith("id,") else 1
         df = readers.read_avazu(path)
     elif fmt is Format.LIBFM:
-        df, first = readers.read_libfm(path, field_map=str(field_map) if field_map else None), 1
+        df = readers.read_libfm(path, field_map=str(field_map) if field_map else None)
     else:
-        df, first = readers.read_movielens(path, threshold=rating_threshold), 1
+        df = readers.read_movielens(path, threshold=rating_threshold)
     if df.height == 0:
         raise DataError("the file has no data rows", file=str(path))
-    return df.with_row_index(ROW, offset=first)
+    if ROW in df.columns:
+        raise DataError(f"the column name {ROW!r} is reserved: rename that column", file=str(path), column=ROW)
+    return df.with_row_index(ROW, offset=_first_data_row(fmt, path))
+
+
+def _first_data_row(fmt: Format, path: Path) -> int:
+    """The row number ``read_raw`` gives the first data row: 2 after a header line, else 1."""
+    if fmt is Format.CSV:
+        return 1 if readers.base_suffix(path) == ".parquet" else 2
+    if fmt is Format.AVAZU:
+        return 2 if _first_line(path).startswith("id,") else 1
+    return 1
+
+
+@contextmanager
+def editor_rows(fmt: Format, path: Path) -> Iterator[None]:
+    """Errors about a row of ``path`` raised inside leave naming the line an editor shows it on.
+
+    ``read_raw`` numbers rows as records (cheap); blank lines and quoted newlines make the editor's line
+    number larger, so it is worked out here, by reading the file again, only when an error is on its way.
+    """
+    try:
+        yield
+    except DataError as e:
+        if e.file != str(path) or e.row is None or fmt not in (Format.CSV, Format.CRITEO, Format.AVAZU,
+                                                               Format.LIBFM):
+            raise
+        if fmt is Format.CSV and readers.base_suffix(path) == ".parquet":
+            raise  # a Parquet row has no line
+        first = _first_data_row(fmt, path)
+        if fmt is Format.LIBFM:
+            line = readers.text_row_line(path, e.row - first)
+        else:
+            sep = "\t" if fmt is Format.CRITEO or readers.base_suffix(path) in (".tsv", ".txt") else ","
+            line = readers.data_row_line(path, e.row - first, sep=sep, has_header=first == 2)
+        raise e.at_row(line) from e.__cause__
 
 
 def _first_line(path: Path) -> str:
     import gzip
 
     opener: Callable = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
         return f.readline()
+
+
+def vocab_file(name: str) -> str:
+    """The vocabulary file of a field: its name, with characters a file name cannot hold (``/``, ``%``,
+    control characters...) percent-encoded, so any column name is safe (``price/unit`` ->
+    ``price%2Funit.json``)."""
+    return "".join(c if c.isprintable() and c not in _UNSAFE else quote(c, safe="") for c in name) + ".json"
+
+
+_UNSAFE = frozenset('/\\%:*?"<>|')
 
 
 def _split_rows(n: int, df: pl.DataFrame, spec: SplitSpec, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -141,6 +185,8 @@ def _split_rows(n: int, df: pl.DataFrame, spec: SplitSpec, names: tuple[str, ...
 def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     """Run the whole pipeline; returns the schema written to ``req.out``."""
     out = req.out
+    if out.exists() and not out.is_dir():
+        raise DataError("the output exists and is not a directory", file=str(out))
     if out.exists() and any(out.iterdir()) and not req.overwrite:
         raise DataError("output directory exists and is not empty (pass --overwrite to replace it)",
                         file=str(out))
@@ -158,7 +204,8 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
         if path is None:
             continue
         df = read_raw(req.format, path, field_map=req.field_map, rating_threshold=req.rating_threshold)
-        frames[split] = check_labels(df, req.roles.label, file=str(path))
+        with editor_rows(req.format, path):
+            frames[split] = check_labels(df, req.roles.label, file=str(path))
         sources[split] = str(path)
     stage("read")
 
@@ -173,11 +220,15 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
             sources[s] = sources["train"]
     stage("split")
 
-    schema, vocabs = fit(frames["train"], req.roles, req.options, file=sources["train"],
-                         source_format=req.format.value, rows=train_rows)
+    with editor_rows(req.format, req.train):
+        schema, vocabs = fit(frames["train"], req.roles, req.options, file=sources["train"],
+                             source_format=req.format.value, rows=train_rows)
     stage("fit")
 
-    encoded = {s: encode(frames[s], schema, vocabs, file=sources[s]) for s in frames}
+    encoded = {}
+    for s in frames:
+        with editor_rows(req.format, files[s]):  # type: ignore[arg-type]
+            encoded[s] = encode(frames[s], schema, vocabs, file=sources[s])
     if missing:
         whole = encoded.pop("train")
         for s, idx in parts.items():
@@ -186,12 +237,13 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     stage("encode")
 
     tmp = out.with_name(out.name + f".tmp-{time.time_ns()}")
+    created = next((p for p in reversed(tmp.parents) if not p.exists()), tmp)  # the first folder made here
     try:
         tmp.mkdir(parents=True)
         schema.save(tmp / "schema.json")
         (tmp / "vocab").mkdir()
         for name, vocab in vocabs.items():
-            (tmp / "vocab" / f"{name}.json").write_text(json.dumps(vocab))
+            (tmp / "vocab" / vocab_file(name)).write_text(json.dumps(vocab))
         for s, arrays in encoded.items():
             (tmp / s).mkdir()
             for key, arr in arrays.items():
@@ -205,8 +257,10 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, no permission: the user's to fix, in one line
+            raise DataError(f"cannot write: {exc.strerror or exc}", file=str(out)) from exc
         raise
     stage("done")
     bar.close()
@@ -214,7 +268,8 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
 
 
 def load_vocabs(directory: Path) -> dict[str, list]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((directory / "vocab").glob("*.json"))}
+    return {unquote(p.stem): json.loads(p.read_text()) for p in sorted((directory / "vocab").glob("*.json"))}
 
 
-__all__ = ["Format", "PRESETS", "PrepareRequest", "SplitSpec", "prepare", "read_raw", "load_vocabs"]
+__all__ = ["Format", "PRESETS", "PrepareRequest", "SplitSpec", "prepare", "read_raw", "editor_rows", "load_vocabs",
+           "vocab_file"]

@@ -5,6 +5,18 @@ docstring says otherwise, and the encoder later decides roles (label, categorica
 multi-valued) and casts. Bad input raises :class:`~adactr.errors.DataError` naming the file, the row
 (1-based line number as a text editor shows it, header line included) and the column.
 
+What real files contain, and what happens to it:
+
+* text must be UTF-8; a byte-order mark (Excel's "CSV UTF-8") is skipped. Other encodings (latin-1,
+  cp1252, UTF-16) are refused naming the row and column of the first byte that is not UTF-8, never
+  guessed: a guess that differs between the train file and a later predict file would silently turn
+  known values into unseen ones. Convert such a file first (``iconv -f latin1 -t utf-8``).
+* line ends may be LF, CRLF or CR alone; blank lines (anywhere) are skipped, and rows keep the line
+  number an editor shows them on.
+* CSV fields may be quoted (``"a,b"`` keeps its comma, ``"two\nlines"`` its newline, ``""`` is a
+  quote); TSV has no quoting. A field may be of any length.
+* a NUL byte, a row with too many or too few fields, an empty or duplicate column name is an error.
+
 The happy path is vectorised (pyarrow's CSV parser, polars string kernels). Python only walks a file
 line by line after a parse has failed, to say where. No torch here.
 """
@@ -33,6 +45,9 @@ AVAZU_COLUMNS: tuple[str, ...] = (
     "device_conn_type", *(f"C{i}" for i in range(14, 22)))
 _SEP_BY_SUFFIX = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _ROW = "__row"  # private line-number column used while parsing line-oriented formats
+_BLOCK = 1 << 20  # pyarrow's default block size; a row longer than a block is read again with bigger ones
+_MAX_BLOCK = 1 << 30
+_NOT_UTF8 = "convert the file to UTF-8 first, e.g. iconv -f latin1 -t utf-8"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,6 +61,8 @@ def read_table(path: str | Path, *, sep: str | None = None, has_header: bool = T
     CSV and TSV: every column as ``pl.String`` (empty field -> null), so the encoder controls casting.
     ``sep`` defaults from the suffix (``.csv`` -> ``,``; ``.tsv``/``.txt`` -> tab). Tab-separated files are
     read without quote processing (TSV has no quoting); comma-separated ones honour ``"..."``.
+    UTF-8 only (a BOM is fine, latin-1 is refused naming its row and column: see the module docstring);
+    any line ends; blank lines skipped.
     ``column_names`` names the columns of a headerless file, or replaces the header's names.
     Parquet keeps its stored dtypes (it is typed already). Layout::
 
@@ -53,13 +70,13 @@ def read_table(path: str | Path, *, sep: str | None = None, has_header: bool = T
         1,u7,i3                <- row 2: the first data row
     """
     path = _existing(path)
-    if _base_suffix(path) == ".parquet":
+    if base_suffix(path) == ".parquet":
         return _read_parquet(path, column_names)
     if sep is None:
-        if _base_suffix(path) not in _SEP_BY_SUFFIX:
+        if base_suffix(path) not in _SEP_BY_SUFFIX:
             raise DataError(f"cannot tell the separator from the suffix {path.suffix!r}: pass sep=",
                             file=str(path))
-        sep = _SEP_BY_SUFFIX[_base_suffix(path)]
+        sep = _SEP_BY_SUFFIX[base_suffix(path)]
     return _read_delimited(path, sep=sep, has_header=has_header, column_names=column_names)
 
 
@@ -96,7 +113,6 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
                          column_names=None if has_header else list(AVAZU_COLUMNS))
     if "hour" not in df.columns:
         raise DataError("no 'hour' column", file=str(path), row=1, column="hour")
-    first_row = 2 if has_header else 1
 
     raw = pl.col("hour")
     date = raw.str.slice(0, 6).str.strptime(pl.Date, "%y%m%d", strict=False)
@@ -107,7 +123,7 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
     if not parsed["ok"].all():
         i = int(parsed["ok"].not_().arg_true()[0])
         raise DataError(f"malformed hour {df['hour'][i]!r}: expected YYMMDDHH (e.g. 14102100)",
-                        file=str(path), row=first_row + i, column="hour")
+                        file=str(path), row=data_row_line(path, i, sep=",", has_header=has_header), column="hour")
     cols: list[pl.Series] = []
     for name in df.columns:
         if name == "id":
@@ -133,6 +149,11 @@ def _read_delimited(path: Path, *, sep: str, has_header: bool,
                             file=str(path), row=1)
     elif has_header:
         names = [c.strip() for c in first]
+        for j, name in enumerate(names):
+            if name == "" or "\x00" in name:
+                what = "no name" if name == "" else "a NUL byte in its name (a UTF-16 or binary file?)"
+                raise DataError(f"the header's field {j + 1} has {what}: every column needs a name",
+                                file=str(path), row=1)
     else:
         names = [f"column_{i + 1}" for i in range(len(first))]
     seen: set[str] = set()
@@ -144,19 +165,26 @@ def _read_delimited(path: Path, *, sep: str, has_header: bool,
 
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                                    null_values=[""], quoted_strings_can_be_null=True)
-    read = pacsv.ReadOptions(column_names=names, skip_rows=int(has_header))
     table = None
-    for newlines_in_values in (False, True):  # second try only when a quoted field holds a newline
+    newlines_in_values, block = False, _BLOCK
+    while table is None:
+        # pyarrow skips a UTF-8 BOM, blank lines, and reads CR, LF and CRLF line ends
+        read = pacsv.ReadOptions(column_names=names, skip_rows=int(has_header), block_size=block)
         parse = pacsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False,
                                    newlines_in_values=newlines_in_values)
         try:
             table = pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-            break
         except (pa.ArrowInvalid, OSError) as exc:
-            _raise_located(path, sep=sep, quoted=quoted, expected=len(names), skip=int(has_header), exc=exc)
-            if newlines_in_values or not quoted:
+            straddling = "straddl" in str(exc)  # a row longer than a block, or a quoted newline at its edge
+            if not straddling:
+                _raise_located(path, sep=sep, quoted=quoted, names=names, skip=int(has_header), exc=exc)
+            if quoted and not newlines_in_values:  # second try only when a quoted field holds a newline
+                newlines_in_values = True
+            elif straddling and block < _MAX_BLOCK:
+                block *= 16
+            else:
                 raise DataError(f"cannot parse: {exc}", file=str(path)) from exc
-    assert table is not None
+    _refuse_nul(table, path, sep=sep, has_header=has_header)
     df = pl.from_arrow(table)
     assert isinstance(df, pl.DataFrame)
     if df.height == 0:
@@ -164,28 +192,106 @@ def _read_delimited(path: Path, *, sep: str, has_header: bool,
     return df
 
 
-def _raise_located(path: Path, *, sep: str, quoted: bool, expected: int, skip: int, exc: Exception) -> None:
-    """Error path: find the first bad row by a Python scan and raise a DataError; return if none found."""
-    bad_utf8 = _first_bad_utf8_line(path)
-    if bad_utf8 is not None:
-        raise DataError("not valid UTF-8 text", file=str(path), row=bad_utf8) from exc
+def _refuse_nul(table: pa.Table, path: Path, *, sep: str, has_header: bool) -> None:
+    """A NUL byte in any value is an error: text files hold none, but UTF-16 text and files a crash left
+    padded with zeros do. The check reads each column's bytes once (no copy)."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        for chunk in column.chunks:
+            data = chunk.buffers()[2]
+            if data is None or data.size == 0 or np.frombuffer(data, dtype=np.uint8).all():
+                continue
+            hit = pl.from_arrow(column).str.contains("\x00", literal=True).fill_null(False)
+            assert isinstance(hit, pl.Series)
+            if hit.any():
+                i = int(hit.arg_true()[0])
+                raise DataError("a NUL byte (\\x00) in the value: is this a binary, UTF-16 or damaged file?",
+                                file=str(path), row=data_row_line(path, i, sep=sep, has_header=has_header),
+                                column=name)
+
+
+def text_row_line(path: str | Path, index: int) -> int:
+    """The line an editor shows data row ``index`` (0-based) of a line-oriented file (libFM) on: blank
+    lines are skipped by the reader, so rows after one sit lower. Reads the file again: error path only."""
+    rows = _read_lines(Path(path))[_ROW]
+    return int(rows[index]) if 0 <= index < len(rows) else index + 1
+
+
+def data_row_line(path: str | Path, index: int, *, sep: str, has_header: bool) -> int:
+    """The line an editor shows data row ``index`` (0-based) of a delimited file on.
+
+    It differs from the row count when blank lines or quoted newlines come before; worked out by
+    reading the file again, so only on the way to an error.
+    """
+    path = Path(path)
+    want = index + int(has_header)
+    for k, (line, _, _) in enumerate(_records(path, sep, quoted=sep != "\t")):
+        if k == want:
+            return line
+    return want + 1  # not reached for a row the parser returned
+
+
+def _records(path: Path, sep: str, *, quoted: bool, errors: str = "replace"):
+    """(first line, last line, fields) of each non-blank record, as Python's csv module reads it."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with _open_text(path) as fh:
+    with _open_text(path, errors=errors) as fh:
         reader = csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
-        i = 0
         while True:
+            start = reader.line_num + 1
             try:
                 record = next(reader)
             except StopIteration:
                 return
             except csv.Error as err:
-                raise DataError(f"cannot parse: {err}", file=str(path), row=reader.line_num) from exc
-            i += 1
-            if i <= skip or not record:
-                continue
-            if len(record) != expected:
-                raise DataError(f"expected {expected} columns, found {len(record)}", file=str(path),
-                                row=reader.line_num) from exc
+                raise DataError(f"cannot parse: {err}", file=str(path), row=start) from None
+            if record:
+                yield start, reader.line_num, record
+
+
+def _raise_located(path: Path, *, sep: str, quoted: bool, names: list[str], skip: int, exc: Exception) -> None:
+    """Error path: find the first bad row by a Python scan and raise a DataError; return if none found."""
+    _refuse_non_utf8(path, sep=sep, quoted=quoted, names=names, header=bool(skip))
+    expected = len(names)
+    for k, (line, _, record) in enumerate(_records(path, sep, quoted=quoted)):
+        if k < skip or len(record) == expected:
+            continue
+        if len(record) < expected:
+            raise DataError(f"expected {expected} columns, found {len(record)}: the row ends before this column",
+                            file=str(path), row=line, column=names[len(record)]) from exc
+        raise DataError(f"expected {expected} columns, found {len(record)}", file=str(path), row=line) from exc
+
+
+def _refuse_non_utf8(path: Path, *, sep: str, quoted: bool, names: Sequence[str], header: bool) -> None:
+    """Error path: raise at the row and column of the first byte that is not UTF-8; return if none."""
+    data = _read_bytes(path)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError("UTF-16 text (Excel's 'Unicode Text'): save it as 'CSV UTF-8', or convert it, e.g. "
+                        "iconv -f utf-16 -t utf-8", file=str(path), row=1)
+    try:
+        data.decode("utf-8")
+        return
+    except UnicodeDecodeError as err:
+        bad_line, byte = _line_of_offset(data, err.start), data[err.start]
+    message = f"not UTF-8 text (byte 0x{byte:02x}): {_NOT_UTF8}"
+    for k, (line, last, record) in enumerate(_records(path, sep, quoted=quoted, errors="surrogateescape")):
+        if last < bad_line:
+            continue
+        for j, value in enumerate(record):
+            if _has_bad_byte(value):
+                in_header = header and k == 0
+                column = names[j] if j < len(names) and not in_header else None
+                raise DataError(message, file=str(path), row=line, column=column)
+        break
+    raise DataError(message, file=str(path), row=bad_line)
+
+
+def _has_bad_byte(value: str) -> bool:
+    """True where ``errors="surrogateescape"`` decoding put a byte that is not UTF-8."""
+    return any("\udc80" <= c <= "\udcff" for c in value)
+
+
+def _line_of_offset(data: bytes, offset: int) -> int:
+    """1-based line of a byte offset, counting LF, CRLF and lone CR line ends as an editor does."""
+    return data.count(b"\n", 0, offset) + data.count(b"\r", 0, offset) - data.count(b"\r\n", 0, offset) + 1
 
 
 def _read_parquet(path: Path, column_names: list[str] | None) -> pl.DataFrame:
@@ -488,15 +594,17 @@ def _is_gz(path: Path) -> bool:
     return path.suffix.lower() == ".gz"
 
 
-def _base_suffix(path: Path) -> str:
+def base_suffix(path: Path) -> str:
     """Suffix ignoring a trailing ``.gz``: ``a.csv.gz`` -> ``.csv``."""
     return (path.with_suffix("") if _is_gz(path) else path).suffix.lower()
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+def _open_text(path: Path, encoding: str = "utf-8", errors: str = "replace") -> io.TextIOBase:
+    """Text with line ends untranslated (the csv module reads LF, CRLF and CR); a UTF-8 BOM is skipped."""
+    encoding = "utf-8-sig" if encoding == "utf-8" else encoding
     if _is_gz(path):
-        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
-    return open(path, encoding=encoding, errors="replace", newline="")
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
+    return open(path, encoding=encoding, errors=errors, newline="")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -512,36 +620,28 @@ def _read_bytes(path: Path) -> bytes:
 def _first_record(path: Path, sep: str, *, quoted: bool) -> list[str] | None:
     """The first non-blank record of a delimited file, or None when the file has none."""
     try:
-        with _open_text(path) as fh:
-            reader = csv.reader(fh, delimiter=sep, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
-            for record in reader:
-                if record:
-                    return record
-    except (OSError, EOFError, csv.Error) as exc:
+        for _, _, record in _records(path, sep, quoted=quoted, errors="surrogateescape"):
+            if any(_has_bad_byte(value) for value in record):  # the header (or first row) is not UTF-8
+                _refuse_non_utf8(path, sep=sep, quoted=quoted, names=(), header=True)
+            return record
+    except (OSError, EOFError) as exc:
         raise DataError(f"cannot read: {exc}", file=str(path)) from exc
     return None
 
 
-def _first_bad_utf8_line(path: Path) -> int | None:
-    data = _read_bytes(path)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return data.count(b"\n", 0, exc.start) + 1
-    return None
-
-
 def _read_lines(path: Path, *, encoding: str = "utf-8") -> pl.DataFrame:
-    """Non-blank lines as (__row: 1-based line number, line) with any trailing CR removed."""
+    """Non-blank lines as (__row: 1-based line number, line); LF, CRLF and CR end a line, a BOM is skipped."""
     data = _read_bytes(path)
     try:
-        text = data.decode(encoding)
+        text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(f"not valid {encoding} text", file=str(path),
-                        row=data.count(b"\n", 0, exc.start) + 1) from exc
+        raise DataError(f"not {encoding} text (byte 0x{data[exc.start]:02x})"
+                        + (f": {_NOT_UTF8}" if encoding == "utf-8" else ""), file=str(path),
+                        row=_line_of_offset(data, exc.start)) from exc
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = pl.DataFrame({"line": pl.Series([text]).str.split("\n").explode()})
-    return (lines.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64),
-                                                            pl.col("line").str.strip_chars_end("\r"))
+    return (lines.with_row_index(_ROW, offset=1).with_columns(pl.col(_ROW).cast(pl.Int64))
             .filter(pl.col("line").str.strip_chars() != ""))
 
 

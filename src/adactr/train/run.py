@@ -179,7 +179,7 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
     import polars as pl
 
     from adactr.data.encode import encode
-    from adactr.data.prepare import Format, load_vocabs, read_raw
+    from adactr.data.prepare import Format, editor_rows, load_vocabs, read_raw
 
     dev = pick_device(device)
     model, schema, config, _ = load_run(run, dev)
@@ -188,13 +188,15 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
             bar.set_postfix_str(name)
             bar.update(1)
 
-        df = read_raw(Format(fmt or schema.source_format), input)
+        raw_format = Format(fmt or schema.source_format)
+        df = read_raw(raw_format, input)
         stage("read")
         missing = [f.name for f in schema.fields if f.name not in df.columns]
         if missing:
             raise DataError(f"column {missing[0]!r} is missing: this run was trained on a dataset with columns "
                             f"{', '.join(schema.columns)}", file=str(input))
-        arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
+        with editor_rows(raw_format, input):  # an error names the line an editor shows
+            arrays = encode(df, schema, load_vocabs(run), file=str(input), require_label=False)
         del df
         stage("encode")
         split = SplitArrays(arrays).to_tensors(dev)
