@@ -21,6 +21,7 @@ from adactr.nn.apg import (
     APGLinear,
     APGVersion,
     ConditionMode,
+    ConditionNorm,
     apg_layer_factory,
 )
 from adactr.train import checkpoint
@@ -55,7 +56,7 @@ def flops(fn) -> int:
 
 def test_v4_by_hand():
     """U (S_i (V x)) with S_i = diag(z_i) generated: x = [1, 2, 3], z = [2, 3] -> [2, 6, 8]."""
-    layer = APGLinear(3, 3, config=cfg(version=V.V4), cond_dim=2)
+    layer = APGLinear(3, 3, config=cfg(version=V.V4, condition_norm=ConditionNorm.NONE), cond_dim=2)
     out = layer.generator.net.out
     with torch.no_grad():
         out.weight.copy_(torch.tensor([[1.0, 0], [0, 0], [0, 0], [0, 1]]))  # vec(S_i) = [z1, 0, 0, z2]
@@ -79,7 +80,7 @@ def test_v2_and_v3_are_the_same_function():
 
 
 def test_v1_generates_the_whole_matrix():
-    layer = APGLinear(3, 2, config=cfg(version=V.V1), cond_dim=1)
+    layer = APGLinear(3, 2, config=cfg(version=V.V1, condition_norm=ConditionNorm.NONE), cond_dim=1)
     out = layer.generator.net.out
     with torch.no_grad():
         out.weight.copy_(torch.arange(6.0).unsqueeze(1))  # vec(W_i) = z [0 1 2 3 4 5]
@@ -157,11 +158,12 @@ def test_output_follows_the_condition_only(mode, agg, fields):
     x, emb = torch.randn(4, 5), torch.randn(4, 3, 3)  # x fixed; the condition comes from emb
     y = layer(x, builder(None, emb))
     moved = emb.clone()
-    moved[:, 0] += 1.0  # field "user" is a condition field in every mode here
+    moved[:, 0, 0] += 1.0  # field "user" is a condition field in every mode here (one coordinate: a shift
+    # of every coordinate at once is removed by the condition's LayerNorm)
     assert not torch.allclose(layer(x, builder(None, moved)), y)
     if mode is ConditionMode.GROUP:  # a field outside the group does not reach the parameters
         other = emb.clone()
-        other[:, 2] += 1.0
+        other[:, 2, 0] += 1.0
         torch.testing.assert_close(layer(x, builder(None, other)), y, atol=0, rtol=0)
 
 
@@ -189,13 +191,22 @@ def test_mix_output_mean_is_the_mean_of_the_branches():
 
 def test_self_wise_generates_from_its_own_input():
     torch.manual_seed(5)
-    layer = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF))
+    layer = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF,
+                                             condition_norm=ConditionNorm.NONE))
     with torch.no_grad():
         layer.bias.zero_()
     x = torch.randn(3, 5)
     torch.testing.assert_close(layer(x, torch.randn(3, 7)), layer(x, None))  # an outside cond is ignored
     # a static bias-free layer is linear in x; here W_i = G(x_i) moves with x, so y(2x) != 2 y(x)
     assert not torch.allclose(layer(2 * x), 2 * layer(x), atol=1e-4)
+    # with the condition layer-normalised, W_i depends on the direction of x only: y(2x) = 2 y(x), while
+    # y(x + d) != y(x) + y(d) still
+    normed = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF))
+    with torch.no_grad():
+        normed.bias.zero_()
+    torch.testing.assert_close(normed(2 * x), 2 * normed(x))
+    d = torch.randn(3, 5)
+    assert not torch.allclose(normed(x + d), normed(x) + normed(d), atol=1e-4)
 
 
 @pytest.mark.parametrize("version", list(V), ids=lambda v: v.value)

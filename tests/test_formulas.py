@@ -372,14 +372,20 @@ def test_embedding_layout_against_hand_computed_rows() -> None:
 
 # ---- APG in a backbone, and its served form --------------------------------------------------------
 
-def _apg_layer(layer, x: Vec, z: Vec) -> Vec:
-    """APG v4 / v5 (eqs. 5-7): S_i = reshape(G(z_i)), y = U S_i V x (+ b or the generated b_i).
+def _layer_norm(z: Vec, eps: float) -> Vec:
+    mean = sum(z) / len(z)
+    var = sum((a - mean) ** 2 for a in z) / len(z)
+    return [(a - mean) / math.sqrt(var + eps) for a in z]
 
-    G is the single-layer generator (generator_hidden = ()); v5's U = U^l U^r and V = V^l V^r are
-    multiplied out here, in the reference, from the four factors.
+
+def _apg_layer(layer, x: Vec, z: Vec) -> Vec:
+    """APG v4 / v5 (eqs. 5-7): S_i = reshape(G(LayerNorm(z_i))), y = U S_i V x (+ W_0 x) + (b or b_i).
+
+    G is the single-layer generator (generator_hidden = ()) on the layer-normalised condition; v5's
+    U = U^l U^r and V = V^l V^r are multiplied out here, in the reference, from the four factors.
     """
     K = layer.config.K
-    g = linear(layer.generator.net.out, z)  # [vec(S_i) (K K), b_i (N) when generated]
+    g = linear(layer.generator.net.out, _layer_norm(z, layer.generator.norm.eps))  # [vec(S_i); b_i]
     S = [g[r * K:(r + 1) * K] for r in range(K)]
     if hasattr(layer, "U_l"):
         U = [vecmat(row, _t(layer.U_r)) for row in _t(layer.U_l)]  # (N, K)
@@ -387,6 +393,8 @@ def _apg_layer(layer, x: Vec, z: Vec) -> Vec:
     else:
         U, V = _t(layer.U), _t(layer.V)
     y = matvec(U, matvec(S, matvec(V, x)))
+    if layer.config.static_weight:
+        y = add(y, matvec(_t(layer.W0), x))
     b = g[K * K:] if layer.config.generate_bias else _t(layer.bias)
     return add(y, b)
 
@@ -398,11 +406,12 @@ def _apg_tower(tower, x: Vec, z: Vec | None) -> float:
 
 
 @pytest.mark.parametrize("version", [APGVersion.V4, APGVersion.V5])
-@pytest.mark.parametrize("generate_bias", [False, True])
+@pytest.mark.parametrize(("generate_bias", "static_weight"), [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("condition", [ConditionMode.GROUP, ConditionMode.SELF])
 def test_deepfm_with_apg_equals_the_formula_and_so_does_its_served_form(
-        version: APGVersion, generate_bias: bool, condition: ConditionMode) -> None:
-    apg = APGConfig(version=version, rank=2, overparam_dim=3, generate_bias=generate_bias, condition=condition,
+        version: APGVersion, generate_bias: bool, static_weight: bool, condition: ConditionMode) -> None:
+    apg = APGConfig(version=version, rank=2, overparam_dim=3, generate_bias=generate_bias,
+                    static_weight=static_weight, condition=condition,
                     condition_fields=("b", "x") if condition is ConditionMode.GROUP else ())
     cfg = replace(CONFIG, tower_layer=TowerLayer.APG, apg=apg)
     model = _randomised(build_model("deepfm", layout=LAYOUT, config=cfg))

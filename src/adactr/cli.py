@@ -192,6 +192,10 @@ def _print_metrics(results: dict) -> None:
                  f"on {results['device']})")
     for name, d in t.get("per_domain", {}).items():
         print(f"  domain {name:>10}: AUC {d['auc']:.5f}  logloss {d['logloss']:.5f}  n={d['count']}")
+    for part, tensors in results.get("adaptivity", {}).items():  # std over instances / rms of the mean
+        shown = ", ".join(f"{k} {v['adaptivity']:.3f}" + (f" (by domain {v['by_domain']:.3f})" if "by_domain" in v
+                                                         else "") for k, v in tensors.items())
+        print(f"  adaptivity {part}: {shown}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -31,9 +31,18 @@ class DCN(CTRModel):
         d = layout.n_fields * config.embedding_dim
         self.embedding = FieldEmbedding(layout=layout, dim=config.embedding_dim,
                                         init_std=config.embedding_init_std)
-        self.cross = CrossNet(input_dim=d, num_layers=config.cross_layers,
-                              **({"layer": layer} if config.adaptive_cross else {}))
+
+        def cross() -> CrossNet:
+            return CrossNet(input_dim=d, num_layers=config.cross_layers,
+                            **({"layer": layer} if config.adaptive_cross else {}))
+
+        # With adaptive_cross the tower is built first (see DCNv2): per-layer APG lists run over the tower
+        # from the input up, then over the cross layers.
+        if not config.adaptive_cross:
+            self.cross = cross()
         self.tower = tower(input_dim=d, config=config, layer=layer, output_dim=None)
+        if config.adaptive_cross:
+            self.cross = cross()
         self.fc = nn.Linear(d + self.tower.output_dim, 1)  # w_logits (and its bias)
 
     def forward(self, batch: Batch) -> Tensor:

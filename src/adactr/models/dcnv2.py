@@ -31,12 +31,21 @@ class DCNv2(CTRModel):
         d = layout.n_fields * config.embedding_dim
         self.embedding = FieldEmbedding(layout=layout, dim=config.embedding_dim,
                                         init_std=config.embedding_init_std)
-        self.cross = CrossNetV2(input_dim=d, num_layers=config.cross_layers, rank=config.cross_rank,
-                                experts=config.cross_experts,
-                                **({"layer": layer} if config.adaptive_cross else {}))
         self.stacked = config.cross_structure is CrossStructure.STACKED
+
+        def cross() -> CrossNetV2:
+            return CrossNetV2(input_dim=d, num_layers=config.cross_layers, rank=config.cross_rank,
+                              experts=config.cross_experts, **({"layer": layer} if config.adaptive_cross else {}))
+
+        # With adaptive_cross the tower is built before the cross layers, so a factory that numbers the
+        # layers it makes (per-layer APG K / P lists) sees the tower from the input up, then the cross layers,
+        # as in every other backbone. The static cross network takes nothing from the factory.
+        if not config.adaptive_cross:
+            self.cross = cross()
         self.tower = tower(input_dim=d, config=config, layer=layer,
                            output_dim=1 if self.stacked else None)
+        if config.adaptive_cross:
+            self.cross = cross()
         # parallel only: the logit layer over [x_L; h_L]
         self.fc = None if self.stacked else nn.Linear(d + self.tower.output_dim, 1)
 

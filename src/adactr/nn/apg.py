@@ -25,15 +25,28 @@ every APG layer of the model (the ``cond`` of the adaptive interface ``forward(x
     mix_output  z = stack_j(e_j)       (B, k, D): layer j-th APG gets e_j, outputs aggregated
     self        z = x                  the layer's own input; the builder returns None
 
-Choices the paper leaves open (the appendix is not part of the text we implement from):
+Choices the paper leaves open (the appendix is not part of the text we implement from), each measured
+on Frappe_x1 / MovieLens-1M (docs/apg.md):
 
-- ``G`` is an MLP with ``generator_hidden`` hidden layers (ReLU); the default ``()`` is the single
-  perceptron layer the paper uses for its complexity analysis (Section 3.3). The output layer's bias
-  starts at a LeCun-scaled draw of the generated matrices and its weight at the same scale divided by
-  ``sqrt(fan_in)``: at initialisation the layer is a static low-rank layer plus an instance-dependent
-  perturbation of the same order, whatever the condition's scale.
+- **The condition's scale.** ``z`` is normalised before ``G`` (``condition_norm``: LayerNorm without
+  affine by default, or batch norm, or none). Conditions made of embeddings have rms 1e-4 at
+  initialisation and ~0.005 under embedding L2, and without normalisation the instance-varying part of a
+  generated matrix is rms(z) times its shared part: the layer is then static in all but name.
+- ``G`` is an MLP with ``generator_hidden`` hidden layers (ReLU, He-initialised with zero biases, so a
+  normalised condition keeps unit scale through them); ``()`` is the single perceptron layer the paper
+  uses for its complexity analysis (Section 3.3). The output layer's bias holds the shared part of each
+  generated matrix and its weight the instance-varying part, each drawn with half of the matrix's LeCun
+  variance: for a normalised condition a fresh layer's ``S_i`` varies across instances as much as it is
+  shared, whatever the condition's scale (with ``condition_norm=none`` the varying part is rms(z) times
+  the shared part).
 - The bias: eq. (2) has none. ``generate_bias=False`` keeps one static learned ``b`` (N,) (as
-  ``nn.Linear``); ``True`` generates ``b_i`` with the other parameters.
+  ``nn.Linear``); ``True`` generates ``b_i`` with the other parameters (as FuxiCTR and BARS' APG do),
+  initialised like a static layer on the normalised condition (shared part 0, weights 1/sqrt(fan_in)).
+  For self-wise layers that is a full-width path from the layer's input.
+- A full-width path beside the rank-K term (not in the paper): ``static_weight=True`` adds a static
+  full-rank ``W_0 x`` (LeCun-initialised, so of the rank-K term's scale), making APG an instance-adaptive
+  low-rank correction of a static layer: ``y = W_0 x + U S_i V x + b``. Without it every output of a
+  v4/v5 layer lies in the K-dimensional column space of the shared ``U``.
 - Mix-wise output aggregation ("feeds different z^j into different APG and obtains W^j ... then the
   aggregation is applied to these adaptive parameters"): :class:`APGMixOutput` holds one complete APG
   per condition embedding (its own generator and, for v4/v5, its own shared U, V). Aggregating the
@@ -90,6 +103,14 @@ class ConditionMode(str, Enum):
     SELF = "self"  # z = the layer's own input
 
 
+class ConditionNorm(str, Enum):
+    """How the condition is normalised before the generator ``G`` (see the module docstring)."""
+
+    NONE = "none"  # z as given (the paper): the varying part of S_i scales with rms(z)
+    LAYER = "layer"  # LayerNorm over z's features, no affine: every instance's condition has rms 1
+    BATCH = "batch"  # BatchNorm1d, no affine: each feature standardised over the batch (running stats in eval)
+
+
 class Aggregation(str, Enum):
     CONCAT = "concat"
     MEAN = "mean"
@@ -102,7 +123,8 @@ class APGConfig:
 
     version: APGVersion = APGVersion.V5  # the full APG; best of the ablation (Table 4)
     # K: the efficiency study's setting (Section 4.4, "we set K = 4"). One value for every APG layer, or a
-    # list with one value per APG layer in the order the model builds them (its tower from the input up)
+    # list with one value per APG layer in the order the model builds them: its tower from the input up,
+    # then (model.adaptive_cross) the cross layers
     rank: int | tuple[int, ...] = 4
     # P, v5 only; 0 = 8 K. The paper asks P >> K and gives no value; 8 K (32 at K = 4) adds N P + P K
     # shared parameters per factor (13k for N = 400) to v4's N K (1.6k), still far below a static
@@ -111,6 +133,11 @@ class APGConfig:
     # hidden sizes of the generator G; () = the single perceptron layer of the complexity analysis (3.3)
     generator_hidden: tuple[int, ...] = ()
     generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
+    # not in the paper: a static full-rank W_0 x beside the adaptive rank-K term (a full-width path)
+    static_weight: bool = False
+    # normalise z before G, so that the generated part is not starved by a small-scale condition (embeddings
+    # have rms 1e-4 at init): with "none" a fresh layer's S_i varied by 0.6-0.9 % across instances
+    condition_norm: ConditionNorm = ConditionNorm.LAYER
     # ablation, not APG: False learns the same matrices as static parameters instead of generating them
     # (v4/v5: a static factorised rank-K layer U S V), separating APG's gain or loss from the rank limit
     adaptive: bool = True
@@ -214,48 +241,87 @@ class AttentionWeights(nn.Module):
         return torch.softmax(scores, dim=-1)  # (B, k)
 
 
-class ParameterGenerator(nn.Module):
-    """``G`` of eqs. (1), (3), (5): z (B, Dz) -> one (B, *shape) tensor per generated matrix.
+NORM_EPS = 1e-12  # the condition normalisation's eps (see ParameterGenerator)
+PROBE_ROWS = 1024  # unit-normal conditions pushed through G's hidden layers to initialise its output layer
 
-    An :class:`MLP` whose output layer emits the flattened matrices. Output row ``r`` starts with bias
-    ``std_r * N(0, 1)`` (the static part: a LeCun draw of that matrix) and weights
-    ``std_r * N(0, 1) / sqrt(fan_in)`` (the instance-dependent part).
+
+@dataclass(frozen=True)
+class Generated:
+    """One matrix (or vector) a generator emits per instance: its name in the paper (``W``, ``U``, ``S``,
+    ``V``, ``b``), its shape, and the standard deviations of its shared and instance-varying parts at
+    initialisation (for a unit-scale condition)."""
+
+    name: str
+    shape: tuple[int, ...]
+    shared_std: float
+    varying_std: float
+
+
+class ParameterGenerator(nn.Module):
+    """``G`` of eqs. (1), (3), (5): z (B, Dz) -> ``{name: (B, *shape)}`` for each :class:`Generated`.
+
+    ``z`` is normalised (``norm``), then an :class:`MLP` (hidden layers He-initialised, zero biases) emits the
+    flattened matrices. Output row ``r`` of matrix ``g`` starts with bias ``g.shared_std * N(0, 1)`` (the part
+    shared by all instances) and weights ``g.varying_std * N(0, 1) / sqrt(fan_in)`` (the part that varies
+    with the condition, of rms ``g.varying_std`` for unit-scale hidden activations).
     """
 
-    def __init__(self, *, cond_dim: int, hidden: Sequence[int], shapes: Sequence[tuple[int, ...]],
-                 stds: Sequence[float]) -> None:
+    def __init__(self, *, cond_dim: int, hidden: Sequence[int], outputs: Sequence[Generated],
+                 norm: ConditionNorm) -> None:
         super().__init__()
-        self.shapes = [tuple(s) for s in shapes]
-        self.sizes = [math.prod(s) for s in self.shapes]
+        self.outputs = tuple(outputs)
+        self.sizes = [math.prod(g.shape) for g in self.outputs]
+        # eps far below the default 1e-5: a condition of rms 1e-4 (embeddings at initialisation) has variance
+        # 1e-8, which a 1e-5 eps would swamp, shrinking the normalised condition to rms 0.03
+        self.norm: nn.Module = {ConditionNorm.NONE: nn.Identity(),
+                                ConditionNorm.LAYER: nn.LayerNorm(cond_dim, eps=NORM_EPS, elementwise_affine=False),
+                                ConditionNorm.BATCH: nn.BatchNorm1d(cond_dim, eps=NORM_EPS, affine=False)}[norm]
         self.net = MLP(input_dim=cond_dim, hidden=tuple(hidden), output_dim=sum(self.sizes),
                        output_layer=WideOutputLinear)
         out = self.net.out
         assert out is not None
-        row_std = torch.cat([torch.full((n,), float(s)) for n, s in zip(self.sizes, stds, strict=True)])
         with torch.no_grad():
-            out.bias.copy_(torch.randn(sum(self.sizes)) * row_std)
-            out.weight.copy_(torch.randn_like(out.weight) * (row_std / math.sqrt(out.in_features))[:, None])
+            for layer in self.net.layers:  # ReLU follows: He init keeps a unit-scale condition at unit scale
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+            shared = torch.cat([torch.full((n,), g.shared_std) for n, g in zip(self.sizes, self.outputs,
+                                                                                 strict=True)])  # (sum sizes,)
+            varying = torch.cat([torch.full((n,), g.varying_std) for n, g in zip(self.sizes, self.outputs,
+                                                                                  strict=True)])  # (sum sizes,)
+            # The hidden activations seen by the output layer, probed with unit-normal conditions (what the
+            # normalisation produces): their mean goes into the shared part, their spread sets the scale.
+            # Without hidden layers the probe is the condition itself (mean 0, variance 1).
+            h = torch.randn(PROBE_ROWS, cond_dim)  # (R, Dz)
+            for layer, post in zip(self.net.layers, self.net.post, strict=True):
+                h = post(layer(h))  # (R, h)
+            h_mean, h_var = h.mean(0), h.var(0).mean().clamp(min=1e-12)  # (h,), ()
+            W = torch.randn_like(out.weight) * (varying / (out.in_features * h_var).sqrt())[:, None]
+            out.weight.copy_(W)  # (sum sizes, h): the varying part W (h - mean h) has rms ``varying``
+            out.bias.copy_(torch.randn(sum(self.sizes)) * shared - W @ h_mean)  # shared part of rms ``shared``
 
-    def forward(self, z: Tensor) -> list[Tensor]:
-        flat = self.net(z)  # (B, sum of sizes)
+    def forward(self, z: Tensor) -> dict[str, Tensor]:
+        flat = self.net(self.norm(z))  # (B, sum of sizes)
         B = flat.shape[0]
         if len(self.sizes) == 1:  # no split: its backward would copy the whole (B, N*M) gradient once more
-            return [flat.reshape(B, *self.shapes[0])]
-        return [p.reshape(B, *s) for p, s in zip(flat.split(self.sizes, dim=1), self.shapes, strict=True)]
+            return {self.outputs[0].name: flat.reshape(B, *self.outputs[0].shape)}
+        parts = flat.split(self.sizes, dim=1)  # (B, size) each
+        return {g.name: p.reshape(B, *g.shape) for g, p in zip(self.outputs, parts, strict=True)}
 
 
 class StaticParameters(nn.Module):
     """The ablation of ``G`` (``model.apg.adaptive=false``): the same matrices with the same initial
-    scale, learned as ordinary parameters and shared by every instance; the condition is ignored."""
+    scale (shared and varying parts together), learned as ordinary parameters and shared by every
+    instance; the condition is ignored."""
 
-    def __init__(self, *, shapes: Sequence[tuple[int, ...]], stds: Sequence[float]) -> None:
+    def __init__(self, *, outputs: Sequence[Generated]) -> None:
         super().__init__()
-        self.params = nn.ParameterList(nn.Parameter(torch.randn(*s) * std) for s, std in zip(shapes, stds,
-                                                                                              strict=True))
+        self.names = tuple(g.name for g in outputs)
+        self.params = nn.ParameterList(
+            nn.Parameter(torch.randn(*g.shape) * math.hypot(g.shared_std, g.varying_std)) for g in outputs)
 
-    def forward(self, z: Tensor) -> list[Tensor]:
+    def forward(self, z: Tensor) -> dict[str, Tensor]:
         B = z.shape[0]
-        return [p.expand(B, *p.shape) for p in self.params]  # views, no copies
+        return {n: p.expand(B, *p.shape) for n, p in zip(self.names, self.params, strict=True)}  # views
 
 
 # ---- the layer ---------------------------------------------------------------------------------------
@@ -264,8 +330,9 @@ class APGLinear(nn.Module):
     """One APG layer, M = ``in_features`` -> N = ``out_features``: ``forward(x (B, M), cond) -> (B, N)``.
 
     ``cond`` is ``z`` (B, ``cond_dim``); with ``config.condition = self`` it is ignored and ``z = x``.
-    Versions v1..v5 as in the module docstring (eqs. 1-7). In ``mix_output`` mode this is one of the k
-    branches of :class:`APGMixOutput` and takes one condition embedding.
+    Versions v1..v5 as in the module docstring (eqs. 1-7), plus ``W_0 x`` when ``static_weight``.
+    In ``mix_output`` mode this is one of the k branches of :class:`APGMixOutput` and takes one condition
+    embedding. :meth:`generated` returns what the generator makes for a batch (the adaptivity diagnostic).
     """
 
     def __init__(self, in_features: int, out_features: int, *, config: APGConfig, cond_dim: int = 0) -> None:
@@ -279,20 +346,22 @@ class APGLinear(nn.Module):
         self.in_features, self.out_features, self.cond_dim = M, N, cond_dim
         self.config, self.version = config, config.version
         v = config.version
-        shapes: list[tuple[int, ...]]
-        # Each factor is drawn with the LeCun variance of its own fan-in (V: M, S: K, U: K, U^l / V^l: P),
-        # so that U S V x has the scale of a LeCun-initialised W x.
+        # Each matrix has the LeCun variance of its own fan-in (W, V: M; S, U: K), so that U S V x has the
+        # scale of a LeCun-initialised W x; half of that variance is shared, half varies with the condition.
+        half = math.sqrt(0.5)
         if v is APGVersion.V1:
-            shapes, stds = [(N, M)], [1 / math.sqrt(M)]  # W_i
+            outputs = [Generated("W", (N, M), half / math.sqrt(M), half / math.sqrt(M))]
         elif v in (APGVersion.V2, APGVersion.V3):
-            shapes, stds = [(N, K), (K, K), (K, M)], [1 / math.sqrt(K), 1 / math.sqrt(K), 1 / math.sqrt(M)]
+            outputs = [Generated("U", (N, K), half / math.sqrt(K), half / math.sqrt(K)),
+                       Generated("S", (K, K), half / math.sqrt(K), half / math.sqrt(K)),
+                       Generated("V", (K, M), half / math.sqrt(M), half / math.sqrt(M))]
         else:
-            shapes, stds = [(K, K)], [1 / math.sqrt(K)]  # S_i
+            outputs = [Generated("S", (K, K), half / math.sqrt(K), half / math.sqrt(K))]
         if config.generate_bias:
-            shapes, stds = [*shapes, (N,)], [*stds, 1 / math.sqrt(M)]  # b_i
+            outputs.append(Generated("b", (N,), 0.0, 1.0))  # a static layer's init on the normalised condition
         self.generator: nn.Module = ParameterGenerator(
-            cond_dim=Dz, hidden=config.generator_hidden, shapes=shapes, stds=stds) if config.adaptive else \
-            StaticParameters(shapes=shapes, stds=stds)
+            cond_dim=Dz, hidden=config.generator_hidden, outputs=outputs, norm=config.condition_norm) \
+            if config.adaptive else StaticParameters(outputs=outputs)
         if v is APGVersion.V4:
             self.U = nn.Parameter(torch.randn(N, K) / math.sqrt(K))  # shared U (N, K)
             self.V = nn.Parameter(torch.randn(K, M) / math.sqrt(M))  # shared V (K, M)
@@ -301,6 +370,8 @@ class APGLinear(nn.Module):
             self.U_r = nn.Parameter(torch.randn(P, K) / math.sqrt(K))  # U^r (P, K)
             self.V_l = nn.Parameter(torch.randn(K, P) / math.sqrt(P))  # V^l (K, P)
             self.V_r = nn.Parameter(torch.randn(P, M) / math.sqrt(M))  # V^r (P, M)
+        # W_0 (N, M): the static full-rank path, LeCun like a static layer
+        self.W0 = nn.Parameter(torch.randn(N, M) / math.sqrt(M)) if config.static_weight else None
         self.bias = None if config.generate_bias else nn.Parameter(torch.zeros(N))  # static b (N,)
 
     def extra_repr(self) -> str:
@@ -308,30 +379,37 @@ class APGLinear(nn.Module):
                 f"version={self.version.value}, K={self.config.K}"
                 + (f", P={self.config.P}" if self.version is APGVersion.V5 else "")
                 + (", self-wise" if self.self_wise else f", cond_dim={self.cond_dim}")
+                + (", + W_0 x" if self.W0 is not None else "")
                 + ("" if self.config.adaptive else ", static (ablation)"))
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def _condition(self, x: Tensor, cond: Tensor | None) -> Tensor:
         z = x if self.self_wise else cond  # (B, Dz)
         if z is None:
             raise AdactrError(f"this APG layer is {self.config.condition.value}-wise and needs a condition; "
                               "the model gave none (is model.condition set?)")
-        gen = self.generator(z)
-        b = gen.pop() if self.config.generate_bias else self.bias  # (B, N) or (N,)
+        return z
+
+    def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+        """What the generator makes for each instance: ``{name: (B, *shape)}`` (``S`` for v4/v5)."""
+        return self.generator(self._condition(x, cond))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        gen = self.generated(x, cond)  # {name: (B, *shape)}
         v = self.version
         if v is APGVersion.V1:
-            (W,) = gen  # (B, N, M)
+            W = gen["W"]  # (B, N, M)
             y = torch.bmm(W, x.unsqueeze(-1)).squeeze(-1)  # eq. (2): W_i x_i, (B, N)
         elif v is APGVersion.V2:
-            U, S, V = gen  # (B, N, K), (B, K, K), (B, K, M)
+            U, S, V = gen["U"], gen["S"], gen["V"]  # (B, N, K), (B, K, K), (B, K, M)
             W = torch.bmm(torch.bmm(U, S), V)  # eq. (3): W_i = U_i S_i V_i reconstructed, (B, N, M)
             y = torch.bmm(W, x.unsqueeze(-1)).squeeze(-1)  # (B, N)
         elif v is APGVersion.V3:
-            U, S, V = gen
+            U, S, V = gen["U"], gen["S"], gen["V"]  # (B, N, K), (B, K, K), (B, K, M)
             h = torch.bmm(V, x.unsqueeze(-1))  # eq. (4): V_i x_i, (B, K, 1)
             h = torch.bmm(S, h)  # S_i (V_i x_i), (B, K, 1)
             y = torch.bmm(U, h).squeeze(-1)  # U_i (S_i (V_i x_i)), (B, N)
         else:
-            (S,) = gen  # (B, K, K)
+            S = gen["S"]  # (B, K, K)
             if v is APGVersion.V4:
                 U, V = self.U, self.V
             else:
@@ -341,27 +419,32 @@ class APGLinear(nn.Module):
             h = x @ V.T  # eq. (6): V x_i, (B, K)
             h = torch.bmm(S, h.unsqueeze(-1)).squeeze(-1)  # S_i (V x_i), (B, K)
             y = h @ U.T  # U (S_i (V x_i)), (B, N)
+        if self.W0 is not None:
+            y = y + x @ self.W0.T  # + W_0 x_i, (B, N)
+        b = gen["b"] if self.config.generate_bias else self.bias  # (B, N) or (N,)
         return y if b is None else y + b
 
     def collapse(self) -> APGLinear:
         """The served form: a v5 layer becomes the v4 layer with ``U = U^l U^r``, ``V = V^l V^r``.
 
         The products are computed here, once; the returned layer has parameters ``U``, ``V`` and no
-        ``U_l``/``U_r``/``V_l``/``V_r``, and gives the same outputs. ``self`` is not changed. Other
-        versions are already their served form and are returned as they are.
+        ``U_l``/``U_r``/``V_l``/``V_r``, the same generator (condition normalisation included), ``W_0`` and
+        bias, and gives the same outputs. ``self`` is not changed, and no random number is drawn (the layer
+        is built on the meta device, then filled). Other versions are already their served form and are
+        returned as they are.
         """
         if self.version is not APGVersion.V5:
             return self
-        served = APGLinear(self.in_features, self.out_features,
-                           config=replace(self.config, version=APGVersion.V4), cond_dim=self.cond_dim)
+        with torch.device("meta"):
+            served = APGLinear(self.in_features, self.out_features,
+                               config=replace(self.config, version=APGVersion.V4), cond_dim=self.cond_dim)
         ref = self.U_l
-        served.to(device=ref.device, dtype=ref.dtype)
+        served = served.to_empty(device=ref.device).to(dtype=ref.dtype)
+        state = {k: t for k, t in self.state_dict().items() if k not in ("U_l", "U_r", "V_l", "V_r")}
         with torch.no_grad():
-            served.generator.load_state_dict(self.generator.state_dict())
-            served.U.copy_(self.U_l @ self.U_r)  # (N, K)
-            served.V.copy_(self.V_l @ self.V_r)  # (K, M)
-            if self.bias is not None and served.bias is not None:
-                served.bias.copy_(self.bias)
+            state["U"] = self.U_l @ self.U_r  # (N, K)
+            state["V"] = self.V_l @ self.V_r  # (K, M)
+        served.load_state_dict(state)
         served.train(self.training)
         return served
 
@@ -388,10 +471,19 @@ class APGMixOutput(nn.Module):
         self.project = nn.Linear(k * N, N, bias=False) if self.aggregation is Aggregation.CONCAT else None
         self.attention = AttentionWeights(cond_dim) if self.aggregation is Aggregation.ATTENTION else None
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    def _check(self, cond: Tensor | None) -> Tensor:
         if cond is None or cond.dim() != 3 or cond.shape[1] != self.n_conditions:
             got = None if cond is None else tuple(cond.shape)
             raise AdactrError(f"mix_output APG needs a (B, {self.n_conditions}, D) condition, got {got}")
+        return cond
+
+    def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+        """Each branch's generated matrices, named ``"<branch>.<name>"``."""
+        cond = self._check(cond)
+        return {f"{j}.{n}": t for j, b in enumerate(self.branches) for n, t in b.generated(x, cond[:, j]).items()}
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        cond = self._check(cond)
         ys = torch.stack([b(x, cond[:, j]) for j, b in enumerate(self.branches)], dim=1)  # (B, k, N): y^j
         if self.project is not None:
             return self.project(ys.flatten(1))  # W_o [y^0; ...; y^{k-1}], (B, N)

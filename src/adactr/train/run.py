@@ -24,9 +24,14 @@ from adactr.data.schema import Schema
 from adactr.data.tensors import SplitArrays
 from adactr.errors import AdactrError, DataError
 from adactr.models.registry import build_model
+from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train import checkpoint
 from adactr.train.config import Device, RunConfig
 from adactr.train.trainer import Trainer, evaluate_split, predict_logits
+
+# validation rows the adaptivity diagnostic reads (all of Frappe_x1's and MovieLens-1M's; a bounded cost on
+# Criteo-sized splits)
+ADAPTIVITY_ROWS = 200_000
 
 
 def pick_device(choice: Device) -> torch.device:
@@ -128,6 +133,10 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
     keep = tc.keep_freed_memory
     results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names,
                                       keep_freed_memory=keep, progress=tc.progress, desc="valid")
+    # how much each adaptive part's generated parameters vary across the validation rows (STYLE 13)
+    adaptivity = measure_adaptivity(served, valid.batches(eb), max_rows=ADAPTIVITY_ROWS)
+    if adaptivity:
+        results["adaptivity"] = adaptivity
     del valid
     test = SplitArrays.load(data / "test").to_tensors(device)
     results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names,

@@ -1,0 +1,128 @@
+"""The adaptivity diagnostic: how much what an adaptive part generates varies across instances.
+
+An adaptive part (APG's layers now; DynInt's gates, AdaSparse's pruning factors and ADL's routing as they
+land) implements :class:`Adaptive`: ``generated(x, cond) -> {name: (B, ...)}``, the per-instance tensors it
+makes from the inputs its ``forward`` receives. :func:`measure_adaptivity` runs a model over batches, sees
+each adaptive part's inputs through a forward hook (nothing is written to the module), and reports for
+every generated tensor ``g_i`` (flattened, instance ``i``)::
+
+    adaptivity = rms_i ||g_i - mean(g)|| / ||mean(g)||     std over instances ÷ rms of the mean
+    by_domain  = sqrt(sum_d n_d ||mean_d(g) - mean(g)||^2 / n) / ||mean(g)||     (when batches have domains)
+
+0 means the part is static (every instance gets the same parameters: a static module with extra cost);
+0.1 means the instance-varying part is a tenth of the shared part. ``by_domain`` is the between-domain part
+of the spread: how far the domains' mean parameters are from each other. Values above 1 mean the varying
+part is larger than the shared one (a generated tensor whose mean is near zero).
+
+Only the outermost adaptive parts are measured (APG's mix-wise output layer reports its branches' tensors
+itself). Accumulation is in float64, streaming: sums per element and per domain, so the whole validation
+split can be measured in batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from adactr.data.tensors import Batch
+
+
+@runtime_checkable
+class Adaptive(Protocol):
+    """An adaptive part: ``generated(*forward_args) -> {name: (B, ...)}``, the tensors it makes per instance."""
+
+    def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+        ...
+
+
+class _Moments:
+    """Streaming first and second moments of one generated tensor, overall and per domain (float64)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: Tensor | None = None  # (E,) sum of g_i
+        self.sq = 0.0  # sum of ||g_i||^2
+        self.by_domain: dict[int, tuple[int, Tensor]] = {}  # d -> (n_d, sum of g_i over d)
+
+    def add(self, g: Tensor, domain: Tensor | None, *, chunk: int = 2048) -> None:
+        g = g.detach().flatten(1)  # (B, E)
+        for start in range(0, g.shape[0], chunk):  # float64 a chunk at a time: v1's E = N M is large
+            gc = g[start:start + chunk].to(torch.float64)  # (c, E)
+            s = gc.sum(0)  # (E,)
+            self.total = s if self.total is None else self.total + s
+            self.sq += float(gc.square().sum())
+            self.n += gc.shape[0]
+            if domain is not None:
+                dc = domain[start:start + chunk]  # (c,)
+                for d in torch.unique(dc).tolist():
+                    rows = gc[dc == d]  # (n_d, E)
+                    n_d, s_d = self.by_domain.get(int(d), (0, torch.zeros_like(s)))
+                    self.by_domain[int(d)] = (n_d + rows.shape[0], s_d + rows.sum(0))
+
+    def report(self) -> dict[str, float]:
+        assert self.total is not None and self.n > 0
+        mean = self.total / self.n  # (E,)
+        mean_sq = float(mean.square().sum())  # ||mean(g)||^2
+        var = max(self.sq / self.n - mean_sq, 0.0)  # mean_i ||g_i - mean(g)||^2
+        out = {"adaptivity": _ratio(var, mean_sq)}
+        if len(self.by_domain) > 1:
+            between = sum(n_d * float((s_d / n_d - mean).square().sum()) for n_d, s_d in self.by_domain.values())
+            out["by_domain"] = _ratio(between / self.n, mean_sq)
+        return out
+
+
+def _ratio(var: float, mean_sq: float) -> float:
+    if mean_sq == 0.0:
+        return math.inf if var > 0 else 0.0
+    return math.sqrt(var / mean_sq)
+
+
+def adaptive_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost :class:`Adaptive` submodules of ``model``, by qualified name."""
+    found: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Adaptive) and not any(name.startswith(p + ".") for p in found):
+            found[name] = m
+    return found
+
+
+@torch.no_grad()
+def measure_adaptivity(model: nn.Module, batches: Iterable[Batch], *, max_rows: int | None = None
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{part: {tensor: {"adaptivity": ..., "by_domain": ...}}}`` over ``batches`` (model in eval mode),
+    stopping after the batch that reaches ``max_rows`` rows.
+
+    Empty when the model has no adaptive part. The model's mode is restored afterwards.
+    """
+    parts = adaptive_parts(model)
+    if not parts:
+        return {}
+    moments: dict[str, dict[str, _Moments]] = {name: {} for name in parts}
+    domain: list[Tensor | None] = [None]
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple, _out: Tensor) -> None:
+            for key, g in module.generated(*args).items():  # type: ignore[operator]
+                moments[name].setdefault(key, _Moments()).add(g, domain[0])
+        return hook
+
+    was_training = model.training
+    model.eval()
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in parts.items()]
+    try:
+        rows = 0
+        for batch in batches:
+            domain[0] = batch.domain
+            model(batch)
+            rows += batch.size
+            if max_rows is not None and rows >= max_rows:
+                break
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: {key: mom.report() for key, mom in per.items()} for name, per in moments.items() if per}
