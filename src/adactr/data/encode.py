@@ -39,7 +39,8 @@ ROW = "__row"  # file row number of each data row (1-based, header counted), car
 
 @dataclass(frozen=True)
 class Roles:
-    """Which raw column plays which part. Columns named nowhere are categorical features."""
+    """Which raw column plays which part. Columns named nowhere are categorical features (multi-valued
+    when the reader already gives lists, as libSVM's ``features``)."""
 
     label: str = "label"
     numerical: tuple[str, ...] = ()
@@ -227,7 +228,7 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
             vocab = _fit_vocab(tokens, options.min_count, train_mask)
             fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.LOG_BUCKET,
                                     vocab_size=len(vocab) + RESERVED, min_count=options.min_count))
-        elif name in roles.sequence:
+        elif name in roles.sequence or isinstance(train.schema[name], pl.List):  # libSVM's index lists
             lists = _split_lists(col(train[name]), options.sequence_sep)
             vocab = _fit_vocab(lists.explode().alias(name), options.min_count)
             max_len = int(lists.list.len().max() or 1)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ _ROW = "__row"  # private line-number column used while parsing line-oriented fo
 _BLOCK = 1 << 20  # pyarrow's default block size; a row longer than a block is read again with bigger ones
 _MAX_BLOCK = 1 << 30
 _NOT_UTF8 = "convert the file to UTF-8 first, e.g. iconv -f latin1 -t utf-8"
+_NUL = "a NUL byte (\\x00) in the value: is this a binary, UTF-16 or damaged file?"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,11 +105,11 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
         10000169349117863715,0,14102100,1005,0,1fbe01fe,...,79
     """
     path = _existing(path)
-    first = _first_record(path, ",", quoted=True)
+    first = _first_record(path, ",", quoted=True, names=AVAZU_COLUMNS, header=has_header is not False)
     if first is None:
         raise DataError("empty file: no rows", file=str(path))
     if has_header is None:
-        has_header = first[0].strip() == "id"
+        has_header = first[1][0].strip() == "id"
     df = _read_delimited(path, sep=",", has_header=has_header,
                          column_names=None if has_header else list(AVAZU_COLUMNS))
     if "hour" not in df.columns:
@@ -139,9 +140,10 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
 def _read_delimited(path: Path, *, sep: str, has_header: bool,
                     column_names: Sequence[str] | None) -> pl.DataFrame:
     quoted = sep != "\t"
-    first = _first_record(path, sep, quoted=quoted)
-    if first is None:
+    found = _first_record(path, sep, quoted=quoted, names=column_names or (), header=has_header)
+    if found is None:
         raise DataError("empty file: no rows", file=str(path))
+    header_end, first = found  # pyarrow's skip_rows counts lines, blank ones included
     if column_names is not None:
         names = list(column_names)
         if has_header and len(names) != len(first):
@@ -169,7 +171,7 @@ def _read_delimited(path: Path, *, sep: str, has_header: bool,
     newlines_in_values, block = False, _BLOCK
     while table is None:
         # pyarrow skips a UTF-8 BOM, blank lines, and reads CR, LF and CRLF line ends
-        read = pacsv.ReadOptions(column_names=names, skip_rows=int(has_header), block_size=block)
+        read = pacsv.ReadOptions(column_names=names, skip_rows=header_end if has_header else 0, block_size=block)
         parse = pacsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False,
                                    newlines_in_values=newlines_in_values)
         try:
@@ -204,8 +206,7 @@ def _refuse_nul(table: pa.Table, path: Path, *, sep: str, has_header: bool) -> N
             assert isinstance(hit, pl.Series)
             if hit.any():
                 i = int(hit.arg_true()[0])
-                raise DataError("a NUL byte (\\x00) in the value: is this a binary, UTF-16 or damaged file?",
-                                file=str(path), row=data_row_line(path, i, sep=sep, has_header=has_header),
+                raise DataError(_NUL, file=str(path), row=data_row_line(path, i, sep=sep, has_header=has_header),
                                 column=name)
 
 
@@ -254,6 +255,9 @@ def _raise_located(path: Path, *, sep: str, quoted: bool, names: list[str], skip
     for k, (line, _, record) in enumerate(_records(path, sep, quoted=quoted)):
         if k < skip or len(record) == expected:
             continue
+        nul = next((j for j, value in enumerate(record) if "\x00" in value), None)
+        if nul is not None:  # say why the row is broken: zeros a crash left, or UTF-16
+            raise DataError(_NUL, file=str(path), row=line, column=names[nul] if nul < expected else None) from exc
         if len(record) < expected:
             raise DataError(f"expected {expected} columns, found {len(record)}: the row ends before this column",
                             file=str(path), row=line, column=names[len(record)]) from exc
@@ -617,13 +621,15 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"cannot read: {exc}", file=str(path)) from exc
 
 
-def _first_record(path: Path, sep: str, *, quoted: bool) -> list[str] | None:
-    """The first non-blank record of a delimited file, or None when the file has none."""
+def _first_record(path: Path, sep: str, *, quoted: bool, names: Sequence[str],
+                  header: bool) -> tuple[int, list[str]] | None:
+    """(its last line, fields) of the first non-blank record of a delimited file; None when it has none.
+    ``names`` and ``header`` only serve an error message: a byte that is not UTF-8 in this record."""
     try:
-        for _, _, record in _records(path, sep, quoted=quoted, errors="surrogateescape"):
-            if any(_has_bad_byte(value) for value in record):  # the header (or first row) is not UTF-8
-                _refuse_non_utf8(path, sep=sep, quoted=quoted, names=(), header=True)
-            return record
+        for _, last, record in _records(path, sep, quoted=quoted, errors="surrogateescape"):
+            if any(_has_bad_byte(value) for value in record):
+                _refuse_non_utf8(path, sep=sep, quoted=quoted, names=names, header=header)
+            return last, record
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read: {exc}", file=str(path)) from exc
     return None
