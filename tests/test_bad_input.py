@@ -262,6 +262,13 @@ def test_prepare_corpus(tmp_path: Path, capsys, case: Case) -> None:
         case.check(out)
 
 
+def test_prepare_help_states_what_input_is_accepted(capsys) -> None:
+    assert main(["prepare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "text must be UTF-8; a byte-order mark" in text and "iconv -f latin1 -t utf-8" in text
+    assert "nan, inf and 1e400 are missing values" in text
+
+
 def test_an_accepted_case_really_differs_from_a_changed_reference(tmp_path: Path, capsys) -> None:
     """The byte-for-byte comparison can fail: one changed value gives another directory."""
     a = _write(tmp_path / "a.csv", b"\xef\xbb\xbf" + _bytes(CLEAN))

@@ -32,6 +32,11 @@ examples:
       --field-map ipinyou/featindex.txt --out prepared/ipinyou
   # MovieLens .dat directory (ratings.dat, users.dat, movies.dat): label = rating >= 4
   adactr prepare --format movielens --train ml-1m/ --out prepared/ml1m-dat
+input files (here and in `adactr predict`):
+  text must be UTF-8; a byte-order mark (Excel's "CSV UTF-8") is fine. latin-1/cp1252/UTF-16 are refused
+  at the first row and column that is not UTF-8 (never guessed): convert first, e.g. iconv -f latin1 -t utf-8.
+  LF, CRLF or CR line ends; blank lines skipped; "quoted, fields" keep commas and newlines. Labels 0/1 or
+  -1/1 (not both). In numerical columns nan, inf and 1e400 are missing values. Errors name file, row, column.
 """
 
 TRAIN_EXAMPLES = """\
