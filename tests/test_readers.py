@@ -126,6 +126,22 @@ def test_invalid_utf8_names_the_row(tmp_path: Path) -> None:
     _where(exc, path, 3)
 
 
+@pytest.mark.parametrize("nl", ["\n", "\r\n", "\r"])
+def test_data_row_line_counts_blank_lines_and_quoted_newlines(tmp_path: Path, nl: str) -> None:
+    # line 1 header, 2 blank, 3 row 0, 4-5 row 1 (a quoted newline), 6 blank, 7 row 2
+    text = nl.join(["a,b", "", "1,x", '2,"y', 'z"', "", "3,w"]) + nl
+    path = _write(tmp_path / "l.csv.gz", text)
+    assert read_table(path)["b"].to_list() == ["x", f"y{nl}z", "w"]
+    assert [readers.data_row_line(path, i, sep=",", has_header=True) for i in range(3)] == [3, 4, 7]
+    assert readers.data_row_line(path, 0, sep=",", has_header=False) == 1  # the header is a row then
+
+
+def test_bom_is_skipped_in_headers_and_first_rows(tmp_path: Path) -> None:
+    assert read_table(_write(tmp_path / "b.csv", "\ufefflabel,x\n1,a\n")).columns == ["label", "x"]
+    assert read_table(_write(tmp_path / "b.tsv.gz", "\ufeff1\ta\n"), has_header=False).row(0) == ("1", "a")
+    assert read_libfm(_write(tmp_path / "b.svm", "\ufeff1 3:1\n"))["label"].to_list() == ["1"]
+
+
 # ---------------------------------------------------------------------------------------------- criteo
 
 _CRITEO_ROW = "\t".join(["1", "5", "-1", *[""] * 11, "68fd1e64", *[""] * 24, "9727dd16"])

@@ -67,8 +67,12 @@ def _check_columns(df: pl.DataFrame, needed: Sequence[str], *, file: str) -> Non
     have = set(df.columns)
     for c in needed:
         if c not in have:
-            shown = ", ".join(x for x in df.columns if x != ROW)
-            raise DataError(f"column {c!r} is missing (columns are: {shown})", file=file)
+            shown = [x for x in df.columns if x != ROW]
+            # one column whose name holds another separator: Excel in many locales writes ';'
+            sep = next((s for s in (";", "\t", "|", ",") if len(shown) == 1 and s in shown[0]), None)
+            hint = f": is the file {sep!r}-separated? .csv files are read as comma-separated, .tsv/.txt as " \
+                "tab-separated" if sep else ""
+            raise DataError(f"column {c!r} is missing (columns are: {', '.join(shown)}){hint}", file=file)
 
 
 def _first_bad_row(df: pl.DataFrame, mask: pl.Series) -> int:
@@ -291,7 +295,8 @@ def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: s
         codes = _encode_values(flat, vocabs[f.name]).to_numpy().astype(np.int32)
         out[f"seq_{j}"] = _pad_lists(codes, lengths, f.max_len)
 
-    if require_label or schema.label in df.columns:
+    # at predict time a label column left empty (rows still to score) is no label, not a bad one
+    if require_label or (schema.label in df.columns and df[schema.label].null_count() < n):
         lab = df[schema.label]
         out["label"] = lab.to_numpy().astype(np.float32) if lab.dtype.is_numeric() and lab.null_count() == 0 \
             else _labels(df, schema.label, file=file)

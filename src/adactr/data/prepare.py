@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -116,7 +116,7 @@ def _first_data_row(fmt: Format, path: Path) -> int:
     if fmt is Format.CSV:
         return 1 if readers.base_suffix(path) == ".parquet" else 2
     if fmt is Format.AVAZU:
-        return 2 if _first_line(path).startswith("id,") else 1
+        return 2 if readers.avazu_has_header(path) else 1
     return 1
 
 
@@ -142,14 +142,6 @@ def editor_rows(fmt: Format, path: Path) -> Iterator[None]:
             sep = "\t" if fmt is Format.CRITEO or readers.base_suffix(path) in (".tsv", ".txt") else ","
             line = readers.data_row_line(path, e.row - first, sep=sep, has_header=first == 2)
         raise e.at_row(line) from e.__cause__
-
-
-def _first_line(path: Path) -> str:
-    import gzip
-
-    opener: Callable = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as f:
-        return f.readline()
 
 
 def vocab_file(name: str) -> str:

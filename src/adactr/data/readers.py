@@ -105,11 +105,8 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
         10000169349117863715,0,14102100,1005,0,1fbe01fe,...,79
     """
     path = _existing(path)
-    first = _first_record(path, ",", quoted=True, names=AVAZU_COLUMNS, header=has_header is not False)
-    if first is None:
-        raise DataError("empty file: no rows", file=str(path))
     if has_header is None:
-        has_header = first[1][0].strip() == "id"
+        has_header = avazu_has_header(path)
     df = _read_delimited(path, sep=",", has_header=has_header,
                          column_names=None if has_header else list(AVAZU_COLUMNS))
     if "hour" not in df.columns:
@@ -135,6 +132,15 @@ def read_avazu(path: str | Path, *, has_header: bool | None = None) -> pl.DataFr
         else:
             cols.append(df[name].alias("label" if name == "click" else name))
     return pl.DataFrame(cols)
+
+
+def avazu_has_header(path: str | Path) -> bool:
+    """True when the first non-blank row of an Avazu file is its header (first field ``id``)."""
+    path = _existing(path)
+    first = _first_record(path, ",", quoted=True, names=AVAZU_COLUMNS, header=True)
+    if first is None:
+        raise DataError("empty file: no rows", file=str(path))
+    return first[1][0].strip() == "id"
 
 
 def _read_delimited(path: Path, *, sep: str, has_header: bool,

@@ -214,11 +214,13 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
                                 keep_freed_memory=tc.keep_freed_memory, progress=progress, desc="batches")
         probs = torch.sigmoid(logits.float()).cpu().numpy()
         stage("predict")
-        output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(output.name + ".tmp")
         try:
+            output.parent.mkdir(parents=True, exist_ok=True)
             pl.DataFrame({"probability": probs}).write_csv(tmp)
             tmp.replace(output)
+        except OSError as exc:  # a folder in the way, no permission, a full disk: one line
+            raise DataError(f"cannot write: {exc.strerror or exc}", file=str(output)) from exc
         finally:
             tmp.unlink(missing_ok=True)  # nothing half-written is left behind
         stage("write")
