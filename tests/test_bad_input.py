@@ -308,6 +308,25 @@ def test_an_error_leaves_an_existing_dataset_alone(tmp_path: Path, capsys) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "good.csv", "out"]
 
 
+def test_overwrite_keeps_the_old_dataset_until_the_new_one_is_in_place(tmp_path: Path, capsys, monkeypatch) -> None:
+    good = _write(tmp_path / "good.csv", _bytes(CLEAN))
+    out = tmp_path / "out"
+    assert _prepare(good, out, capsys)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_rename = Path.rename
+
+    def rename(self, target):  # the last step fails: moving the finished dataset into place
+        if ".tmp-" in self.name:
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    code, err = _prepare(_write(tmp_path / "other.csv", _bytes(CLEAN.replace("u3", "u4"))), out, capsys, "--overwrite")
+    assert code == 2 and _one_line_error(err) == f"{out}: cannot write: No space left on device"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv", "other.csv", "out"]
+
+
 def test_output_that_is_a_file(tmp_path: Path, capsys) -> None:
     good = _write(tmp_path / "good.csv", _bytes(CLEAN))
     (tmp_path / "file").write_text("x")
@@ -378,7 +397,10 @@ FORMAT_CASES = [
     ("libsvm-bad-token-cr", "libfm", "s.svm", _bytes(LIBSVM.replace("5:1", "5:x"), nl="\r"), None,
      "{f}, row 2: malformed feature '5:x': expected idx:val with a number as val"),
     ("libsvm-latin1", "libfm", "s.svm", _bytes(LIBSVM.replace("17:1\n", "17:1 caf\xe9\n", 1), encoding="latin-1"),
-     None, f"{{f}}, row 1: not utf-8 text (byte 0xe9): {ICONV}"),
+     None, f"{{f}}, row 1: not UTF-8 text (byte 0xe9): {ICONV}"),
+    ("libsvm-bom-latin1-line-2", "libfm", "s.svm", b"\xef\xbb\xbf" + _bytes(LIBSVM.replace("5:1", "5:1 \xe9"),
+                                                                          encoding="latin-1"), None,
+     f"{{f}}, row 2: not UTF-8 text (byte 0xe9): {ICONV}"),
     ("libsvm-nul", "libfm", "s.svm", _bytes(LIBSVM.replace("5:1", "5:1\x00")), None,
      "{f}, row 2: malformed feature '5:1\\x00': expected idx:val with a number as val"),
 ]

@@ -246,9 +246,7 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
                 "split": {"fractions": list(req.split.fractions), "time_column": req.split.time_column,
                           "seed": req.split.seed} if missing else None}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _replace_dir(tmp, out)
     except BaseException as exc:
         shutil.rmtree(created, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, no permission: the user's to fix, in one line
@@ -257,6 +255,21 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     stage("done")
     bar.close()
     return schema
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; a dataset already at ``out`` stays whole until the new one is in place."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(out.name + f".old-{time.time_ns()}")
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_vocabs(directory: Path) -> dict[str, list]:

@@ -645,11 +645,13 @@ def _read_lines(path: Path, *, encoding: str = "utf-8") -> pl.DataFrame:
     """Non-blank lines as (__row: 1-based line number, line); LF, CRLF and CR end a line, a BOM is skipped."""
     data = _read_bytes(path)
     try:
-        text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+        text = data.decode(encoding)  # not "utf-8-sig": its error offsets would not count the BOM
     except UnicodeDecodeError as exc:
-        raise DataError(f"not {encoding} text (byte 0x{data[exc.start]:02x})"
+        raise DataError(f"not {'UTF-8' if encoding == 'utf-8' else encoding} text (byte 0x{data[exc.start]:02x})"
                         + (f": {_NOT_UTF8}" if encoding == "utf-8" else ""), file=str(path),
                         row=_line_of_offset(data, exc.start)) from exc
+    if encoding == "utf-8" and text.startswith("\ufeff"):
+        text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = pl.DataFrame({"line": pl.Series([text]).str.split("\n").explode()})
