@@ -39,6 +39,7 @@ APG = "tests/test_apg.py"
 METRICS = "tests/test_metrics.py"
 ENCODE = "tests/test_encode.py"
 TRAINER = "tests/test_trainer.py"
+ADAPTIVITY = "tests/test_adaptivity.py"
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("apg-group-first-fields", "src/adactr/nn/apg.py",
              "z = emb.index_select(1, self.index)", "z = emb[:, :len(self.index)]",
              (FORMULAS, APG), "group-wise condition takes the first k fields, not the named ones"),
+    Mutation("apg-condition-not-normalised", "src/adactr/nn/apg.py",
+             "flat = self.net(self.norm(z))", "flat = self.net(z)",
+             (FORMULAS, ADAPTIVITY), "the generator sees the raw condition: starved by small embeddings"),
+    Mutation("apg-norm-default-eps", "src/adactr/nn/apg.py",
+             "NORM_EPS = 1e-12", "NORM_EPS = 1e-5",
+             (ADAPTIVITY,), "LayerNorm's default eps swamps a condition of rms 1e-4"),
+    Mutation("apg-hidden-mean-not-shared", "src/adactr/nn/apg.py",
+             "out.bias.copy_(torch.randn(sum(self.sizes)) * shared - W @ h_mean)",
+             "out.bias.copy_(torch.randn(sum(self.sizes)) * shared)",
+             (ADAPTIVITY,), "the hidden layers' mean output counted as instance-varying at initialisation"),
+    Mutation("apg-static-weight-dropped", "src/adactr/nn/apg.py",
+             "y = y + x @ self.W0.T  # + W_0 x_i, (B, N)", "y = y  # + W_0 x_i, (B, N)",
+             (FORMULAS,), "model.apg.static_weight builds W_0 but never uses it"),
+    Mutation("adaptivity-not-centred", "src/adactr/nn/adaptivity.py",
+             "var = max(self.sq / self.n - mean_sq, 0.0)", "var = self.sq / self.n",
+             (ADAPTIVITY,), "the adaptivity diagnostic forgets to subtract the mean (a static part looks adaptive)"),
+    Mutation("adaptivity-domain-unweighted", "src/adactr/nn/adaptivity.py",
+             "between = sum(n_d * float((s_d / n_d - mean).square().sum())",
+             "between = sum(self.n / len(self.by_domain) * float((s_d / n_d - mean).square().sum())",
+             (ADAPTIVITY,), "between-domain spread not weighted by the domains' sizes"),
     # ---- models ---------------------------------------------------------------------------------------
     Mutation("deepfm-no-fm", "src/adactr/models/deepfm.py",
              "y = self.first_order(batch) + self.fm(emb) + self.tower(emb.flatten(1), cond)",

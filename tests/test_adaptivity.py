@@ -57,6 +57,11 @@ def test_measure_by_hand() -> None:
     # two domains with the same mix of rows: nothing between them
     same = measure_adaptivity(ToyModel(), [_batch([1.0, -1.0], [0, 0]), _batch([1.0, -1.0], [1, 1])])
     assert same["part"]["g"]["by_domain"] == pytest.approx(0.0, abs=1e-12)
+    # unequal domains: g = [2, 1] twice in domain 0, [-1, 1] once in domain 1; mean [1, 1]; rows are 1, 1 and 2
+    # away (adaptivity sqrt(2) / sqrt(2) = 1); domain means are 1 and 2 away, weighted 2 : 1 ->
+    # sqrt((2 * 1 + 1 * 4) / 3) / sqrt(2) = 1
+    uneven = measure_adaptivity(ToyModel(), [_batch([1.0, 1.0, -2.0], [0, 0, 1])])
+    assert uneven["part"]["g"] == {"adaptivity": pytest.approx(1.0), "by_domain": pytest.approx(1.0)}
     static = measure_adaptivity(ToyModel(), [_batch([0.5, 0.5, 0.5])])
     assert static == {"part": {"g": {"adaptivity": 0.0}}}  # no domains: no by_domain
     # max_rows stops after the batch that reaches it
