@@ -21,8 +21,15 @@ def on_files(files, config):
 
 
 class RestToMarkdown(griffe.Extension):
-    """Each docstring through adactr.docs_gen.docstring_to_markdown before mkdocstrings renders it."""
+    """Each docstring through adactr.docs_gen.docstring_to_markdown before mkdocstrings renders it; the
+    submodules and attributes set in ``__init__`` without a docstring (``self.fc = ...``) left out, since
+    their code is not documentation (dataclass fields stay: they are the constructor's arguments)."""
 
     def on_instance(self, *, obj, **kwargs) -> None:
         if obj.docstring is not None:
             obj.docstring.value = docstring_to_markdown(obj.docstring.value)
+
+    def on_class_members(self, *, cls, **kwargs) -> None:
+        for name, member in list(cls.members.items()):
+            if member.is_attribute and set(member.labels) == {"instance-attribute"} and not member.docstring:
+                cls.del_member(name)
