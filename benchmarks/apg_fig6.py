@@ -43,7 +43,7 @@ def generated_s(model: torch.nn.Module, batch, layer_index: int) -> np.ndarray:
     handle = layer.register_forward_pre_hook(hook)
     with torch.no_grad():
         model(batch)
-        (S,) = layer.generator(captured["z"])[:1]  # (B, K, K)
+        S = layer.generator(captured["z"])["S"]  # (B, K, K)
     handle.remove()
     return S.flatten(1).cpu().numpy()
 
