@@ -41,6 +41,8 @@ def counting_layer():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
+        if os.environ.get("ADACTR_REQUIRE_DATA") == "1":  # CI sets it: a missing ../shared must not pass quietly
+            pytest.fail(f"ADACTR_REQUIRE_DATA=1 but {SHARED_DATA} does not exist")
         pytest.skip("../shared/data is not beside this checkout")
     return SHARED_DATA
 

@@ -22,8 +22,6 @@ from adactr.data.readers import (
 )
 from adactr.errors import DataError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def _write(path: Path, text: str, *, encoding: str = "utf-8") -> Path:
     raw = text.encode(encoding)
@@ -165,10 +163,8 @@ def test_criteo_wrong_column_count_row(tmp_path: Path) -> None:
     assert "expected 40 columns, found 39" in _where(exc, path, 3)
 
 
-def test_criteo_sample(tmp_path: Path) -> None:
-    if not (DATA / "criteo_sample").exists():
-        pytest.skip("../shared/data is not beside this checkout")
-    df = read_criteo(DATA / "criteo_sample" / "train.txt")
+def test_criteo_sample(tmp_path: Path, shared_data: Path) -> None:
+    df = read_criteo(shared_data / "criteo_sample" / "train.txt")
     assert df.shape == (7200, 40) and set(df.dtypes) == {pl.String}
     assert df["I1"].null_count() == 3247  # empty fields are null, not ""
     assert (df["C3"] == "").sum() == 0
@@ -208,12 +204,10 @@ def test_avazu_malformed_hour_names_row_and_column(tmp_path: Path, hour: str) ->
     _where(exc, path, 1, "hour")
 
 
-def test_avazu_sample() -> None:
-    if not (DATA / "avazu_sample").exists():
-        pytest.skip("../shared/data is not beside this checkout")
-    train = read_avazu(DATA / "avazu_sample" / "train.csv")
-    dev = read_avazu(DATA / "avazu_sample" / "dev.csv")
-    test = read_avazu(DATA / "avazu_sample" / "test.csv")
+def test_avazu_sample(shared_data: Path) -> None:
+    train = read_avazu(shared_data / "avazu_sample" / "train.csv")
+    dev = read_avazu(shared_data / "avazu_sample" / "dev.csv")
+    test = read_avazu(shared_data / "avazu_sample" / "test.csv")
     assert (train.height, dev.height, test.height) == (8087, 480, 432)
     assert train.columns == dev.columns == test.columns
     assert train.columns[:3] == ["label", "hour", "weekday"]
