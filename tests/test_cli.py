@@ -163,12 +163,18 @@ def test_plot_compares_runs_in_one_png(tmp_path, world_data, capsys):
 
 
 def test_demo_generates_prepares_trains_and_plots(tmp_path, capsys):
-    """The README's first command, small: the click world, prepared, trained, its curves drawn."""
+    """The README's first command, small: the click world, prepared, a model and its APG version trained,
+    their curves drawn in one figure."""
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--rows", "3000", "--set", "model.hidden=[16]",
                  "--set", "train.epochs=2", "--quiet"]) == 0
     m = json.loads((out / "run" / "metrics.json").read_text())
     assert set(m["test"]["per_domain"]) and 0 < m["test"]["auc"] <= 1 and "gauc" in m["test"]
-    assert (out / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "adaptivity" not in m
+    apg = json.loads((out / "run-apg" / "metrics.json").read_text())
+    assert apg["params"] > m["params"] and set(apg["adaptivity"]) == {"tower.layers.0"}
+    assert json.loads((out / "run-apg" / "config.json").read_text())["config"]["model"]["apg"][
+        "condition_fields"] == ["domain", "user_segment"]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" in capsys.readouterr().out

@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     pl_.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeat to compare)")
     pl_.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
-    pd = sub.add_parser("demo", help="generate the built-in multi-domain click world, prepare it, train on it")
+    pd = sub.add_parser("demo", help="generate the built-in multi-domain click world, prepare it, train a model and "
+                                     "its APG version on it, plot both")
     pd.add_argument("--out", type=Path, default=Path("adactr-demo"), help="working directory (default ./adactr-demo)")
     pd.add_argument("--rows", type=int, default=200_000)
     pd.add_argument("--model", default="deepfm")
@@ -258,6 +259,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's APG: group-wise on what the click world's click model changes with (the domain, and the user's
+# observed segment, a noisy view of the latent user cluster), in the demo model's tower.
+DEMO_APG = ("model.tower_layer=apg", "model.apg.condition=group", "model.apg.condition_fields=[domain,user_segment]")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from adactr.config import parse_sets
     from adactr.data.encode import Roles
@@ -267,28 +273,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     raw = out / "raw"
-    print(f"1/3 generating the multi-domain click world ({args.rows} rows) in {raw}")
+    print(f"1/4 generating the multi-domain click world ({args.rows} rows) in {raw}")
     paths = write_click_world(raw, n_rows=args.rows, seed=args.seed)
-    print(f"2/3 preparing {out / 'data'}")
+    print(f"2/4 preparing {out / 'data'}")
     prepare(PrepareRequest(format=Format.CSV, train=paths["train"], valid=paths["valid"], test=paths["test"],
                            out=out / "data", roles=Roles(numerical=("price",), sequence=("tags",),
                                                          domain="domain", group="user_id"),
                            overwrite=True), progress=not args.quiet)
-    print(f"3/3 training {args.model} into {out / 'run'}")
-    ns = argparse.Namespace(config=None, set=args.set, seed=args.seed, device=None, quiet=args.quiet)
     parse_sets(args.set)  # fail early on a malformed --set
-    results = train_run(data=out / "data", model_name=args.model, out=out / "run", config=_run_config(ns),
-                        overwrite=True)
-    _print_metrics(results)
-    print(f"wrote {out / 'run' / 'metrics.json'}")
+    runs = []
+    for step, (run, what, extra) in enumerate(((out / "run", args.model, []), (
+            out / "run-apg", f"{args.model} + APG ({' '.join(DEMO_APG[1:])})", list(DEMO_APG))), 3):
+        print(f"{step}/4 training {what} into {run}")
+        ns = argparse.Namespace(config=None, set=[*extra, *args.set], seed=args.seed, device=None, quiet=args.quiet)
+        results = train_run(data=out / "data", model_name=args.model, out=run, config=_run_config(ns),
+                            overwrite=True)
+        _print_metrics(results)
+        print(f"wrote {run / 'metrics.json'}")
+        runs.append(run)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("(pip install 'adactr[plot]' to also get adactr-demo/run/curves.png: loss, AUC, AUC by domain)")
+        print(f"(pip install 'adactr[plot]' to also get {out / 'curves.png'}: loss, AUC, AUC by domain, adaptivity)")
         return 0
     from adactr.plot import plot_runs
 
-    print(f"wrote {plot_runs([out / 'run'], out / 'run' / 'curves.png')} (adactr plot: loss, AUC, AUC by domain)")
+    print(f"wrote {plot_runs(runs, out / 'curves.png')} (adactr plot: {args.model} and its APG version: loss, AUC, "
+          f"AUC by domain, adaptivity)")
     return 0
 
 
