@@ -91,7 +91,8 @@ def _tower(variant: str, hidden: tuple[int, ...], width: int, *, rank: int = 4, 
         layer = Linear
     else:
         mode = ConditionMode.GROUP if cond_dim else ConditionMode.SELF
-        cfg = APGConfig(version=APGVersion(variant), rank=rank, condition=mode,
+        # the paper's layer (no W_0 path): Table 5 measures what low-rank generation costs and saves
+        cfg = APGConfig(version=APGVersion(variant), rank=rank, condition=mode, static_weight=False,
                         condition_fields=("group",) if cond_dim else ())
         layer = apg_layer_factory(cfg, cond_dim=cond_dim)
     tower = MLP(input_dim=width, hidden=hidden, output_dim=1, layer=layer)
@@ -203,7 +204,8 @@ def serving(args: argparse.Namespace) -> None:
         for name in ("base", "v5", "v5-collapsed"):
             torch.manual_seed(0)
             cfg = ModelConfig() if name == "base" else ModelConfig(tower_layer=TowerLayer.APG,
-                                                                   apg=APGConfig(version=APGVersion.V5))
+                                                                   apg=APGConfig(version=APGVersion.V5,
+                                                                                 static_weight=False))
             model = build_model("deepfm", layout=layout, config=cfg).to(device).eval()
             if name == "v5-collapsed":
                 model = model.for_inference().eval()

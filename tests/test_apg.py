@@ -42,7 +42,9 @@ def _own_rng():
 
 
 def cfg(**kw) -> APGConfig:
-    base = dict(rank=2, overparam_dim=6, condition=ConditionMode.GROUP, condition_fields=("user",))
+    # the paper's layer (no W_0 path) unless a test asks for it
+    base = dict(rank=2, overparam_dim=6, condition=ConditionMode.GROUP, condition_fields=("user",),
+                static_weight=False)
     return APGConfig(**{**base, **kw})
 
 
@@ -192,7 +194,7 @@ def test_mix_output_mean_is_the_mean_of_the_branches():
 def test_self_wise_generates_from_its_own_input():
     torch.manual_seed(5)
     layer = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF,
-                                             condition_norm=ConditionNorm.NONE))
+                                             condition_norm=ConditionNorm.NONE, static_weight=False))
     with torch.no_grad():
         layer.bias.zero_()
     x = torch.randn(3, 5)
@@ -201,7 +203,8 @@ def test_self_wise_generates_from_its_own_input():
     assert not torch.allclose(layer(2 * x), 2 * layer(x), atol=1e-4)
     # with the condition layer-normalised, W_i depends on the direction of x only: y(2x) = 2 y(x), while
     # y(x + d) != y(x) + y(d) still
-    normed = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF))
+    normed = APGLinear(5, 4, config=APGConfig(version=V.V4, rank=2, condition=ConditionMode.SELF,
+                                              static_weight=False))
     with torch.no_grad():
         normed.bias.zero_()
     torch.testing.assert_close(normed(2 * x), 2 * normed(x))
@@ -261,6 +264,14 @@ def test_static_ablation_is_a_fixed_rank_k_layer():
     assert torch.allclose(five.collapse()(x, z), five(x, z), atol=1e-6)
     assert torch.equal(five(x, z), five(x, torch.randn(5, 2)))
     assert "static" in repr(five)
+
+
+def test_default_has_the_static_full_rank_path_and_false_is_the_papers_layer():
+    on = APGLinear(6, 4, config=APGConfig(), cond_dim=0)
+    off = APGLinear(6, 4, config=APGConfig(static_weight=False), cond_dim=0)
+    assert on.W0.shape == (4, 6) and off.W0 is None
+    assert sum(p.numel() for p in on.parameters()) == sum(p.numel() for p in off.parameters()) + 4 * 6
+    assert "+ W_0 x" in repr(on) and "W_0" not in repr(off)
 
 
 def test_default_p_follows_k():
