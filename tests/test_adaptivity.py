@@ -88,7 +88,7 @@ def test_mix_output_is_measured_once_through_its_branches() -> None:
 
 def _fresh_adaptivity(layer: APGLinear, z: Tensor, x: Tensor) -> float:
     (S,) = layer.generated(x, z).values()  # (B, K, K)
-    S = S.flatten(1).double()
+    S = S.detach().flatten(1).double()
     mean = S.mean(0)
     return float((S - mean).square().sum(1).mean().sqrt() / mean.norm())
 
@@ -105,6 +105,21 @@ def test_a_fresh_layer_adapts_whatever_the_condition_scale(rms: float, condition
     layer = APGLinear(40, 16, config=cfg, cond_dim=10)
     x, z = torch.randn(4096, 40) * rms, torch.randn(4096, 10) * rms
     assert 0.5 < _fresh_adaptivity(layer, z, x) < 2.0
+
+
+@pytest.mark.parametrize("hidden", [(), (64, 32)])
+def test_shared_and_varying_parts_start_at_half_the_variance_each(hidden: tuple[int, ...]) -> None:
+    """S_i = shared + varying, each of rms sqrt(1/2) / sqrt(K) at initialisation, with or without hidden
+    generator layers (whose mean activation belongs to the shared part, their spread to the varying one)."""
+    K = 16
+    cfg = APGConfig(rank=K, condition=ConditionMode.GROUP, condition_fields=("user",), generator_hidden=hidden)
+    layer = APGLinear(40, 16, config=cfg, cond_dim=10)
+    with torch.no_grad():
+        (S,) = layer.generated(torch.zeros(8192, 40), torch.randn(8192, 10) * 1e-3).values()  # (B, K, K)
+    mean = S.mean(0)  # (K, K): the shared part
+    expected = math.sqrt(0.5 / K)
+    assert abs(float(mean.square().mean().sqrt()) / expected - 1) < 0.1
+    assert abs(float((S - mean).square().mean().sqrt()) / expected - 1) < 0.1
 
 
 def test_without_normalisation_a_small_condition_starves_the_adaptive_part() -> None:

@@ -296,6 +296,8 @@ class ParameterGenerator(nn.Module):
             # normalisation produces): their mean goes into the shared part, their spread sets the scale.
             # Without hidden layers the probe is the condition itself (mean 0, variance 1).
             h = torch.randn(PROBE_ROWS, cond_dim)  # (R, Dz)
+            if isinstance(self.norm, nn.LayerNorm):
+                h = self.norm(h)  # rows centred and scaled, as the normalised conditions will be
             for layer, post in zip(self.net.layers, self.net.post, strict=True):
                 h = post(layer(h))  # (R, h)
             h_mean, h_var = h.mean(0), h.var(0).mean().clamp(min=1e-12)  # (h,), ()
