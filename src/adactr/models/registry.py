@@ -40,11 +40,13 @@ class TrainDefaults:
 
     # Adam's learning rate: BARS' setting for every deep model on Frappe / Criteo
     lr: float = 1e-3
-    # L2 on the embedding tables (Adam weight decay): a deep model with none overfits a small data set
-    # within ~50 steps (Frappe_x1 / MovieLens-1M subsets of 100k rows, 2 % positives: DNN 0.858 / 0.622
-    # test AUC without, 0.868 / 0.652 with 0.01, where L2-tuned logistic regression gets 0.865 / 0.652;
-    # docs/small-data.md). 0.01 is BARS' MovieLens-1M value (Frappe_x1 prefers 0.1 with batch norm).
-    embedding_l2: float = 0.01
+    # L2 on the embedding tables (Adam weight decay). Without it a deep model overfits a small data set
+    # within ~50 steps; with too much it stalls on a large one. Test AUC at 0 / 1e-3 / 0.01, DNN on
+    # 100k-row subsets with 2 % positives, mean of 3 seeds (docs/small-data.md): Frappe_x1 0.8672 / 0.8753
+    # / 0.8780, MovieLens-1M 0.6393 / 0.6572 / 0.6601 (L2-tuned logistic regression: 0.8724, 0.6595);
+    # DeepFM on all of Frappe_x1, seed 1, no batch norm or dropout: 0.9655 / 0.9748 / 0.9433. (BARS tunes
+    # it beside batch norm and dropout: 0.1 for Frappe_x1, 0.01 for MovieLens-1M.)
+    embedding_l2: float = 1e-3
 
 
 DEEP = TrainDefaults()

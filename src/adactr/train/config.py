@@ -51,7 +51,7 @@ class TrainConfig:
     # Embeddings get their own optimiser group: their own L2 (the FuxiCTR "embedding_regularizer",
     # lambda/2 ||E||^2, i.e. L2 added to the gradient) and optionally a sparse optimiser.
     embedding_optimizer: Optimizer | None = None  # None = same as `optimizer`
-    embedding_l2: float | None = None  # None = the model's own default (LR 0, FM 1e-4, deep models 0.01)
+    embedding_l2: float | None = None  # None = the model's own default (LR 0, FM 1e-4, deep models 1e-3)
     dense_l2: float = 0.0
     patience: int = 2  # evaluations without a better validation metric before stopping (BARS: 2 epochs)
     lr_decay: float = 0.1  # reduce-on-plateau factor applied at each evaluation without improvement
@@ -66,8 +66,8 @@ class TrainConfig:
     early_stopping: EarlyStopping = EarlyStopping.AUTO
     # auto: validation AUC steers early stopping only when its standard error (Hanley & McNeil 1982, for
     # an AUC of 0.5, from the split's positives and negatives) is at most this; else validation log loss,
-    # with a warning. 0.01 needs roughly 850 positives (and as many negatives); Frappe_x1's validation
-    # split (19k positives) gives 0.0026, a 2k-row split with 40 positives 0.046.
+    # with a warning. 0.01 needs about 850 positives among many more negatives (1,700 of each when
+    # balanced); Frappe_x1's validation split (19k positives) gives 0.0026, 2k rows with 40 positives 0.046.
     max_auc_se: float = 0.01
     min_lr: float = 1e-6
     clip_grad_norm: float = 0.0  # 0 = off
@@ -111,7 +111,7 @@ def resolve(config: RunConfig, model_name: str) -> RunConfig:
 
     >>> t = resolve(RunConfig(), "lr").train, resolve(RunConfig(), "deepfm").train
     >>> [(x.lr, x.embedding_l2) for x in t]
-    [(0.01, 0.0), (0.001, 0.01)]
+    [(0.01, 0.0), (0.001, 0.001)]
     """
     from adactr.models.registry import train_defaults
 
