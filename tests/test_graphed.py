@@ -19,7 +19,7 @@ from adactr.errors import ConfigError
 from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import MODELS, build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
-from adactr.train.config import Optimizer, TrainConfig
+from adactr.train.config import EarlyStopping, Optimizer, TrainConfig
 from adactr.train.graphed import EagerReplay, GraphedStep
 from adactr.train.trainer import Trainer
 
@@ -37,8 +37,11 @@ def _fit(world, cfg: TrainConfig, backend=None):
 
 def test_capture_schedule_trains_exactly_like_the_eager_loop(world_data):
     # 3 epochs, batch 512: each epoch has full batches and a partial last one; lr_decay 0.5 with
-    # patience 5 makes any epoch without a better AUC change the learning rate (a re-capture)
-    cfg = TrainConfig(epochs=3, batch_size=512, patience=5, lr_decay=0.5, seed=3, progress=False)
+    # patience 5 makes any epoch without a better validation AUC change the learning rate (a re-capture);
+    # min_steps=0 lets the ~30 steps decide (the default waits 100), and the AUC is monitored even though
+    # 600 validation rows would make the automatic choice log loss (which improves every epoch here)
+    cfg = TrainConfig(epochs=3, batch_size=512, patience=5, lr_decay=0.5, seed=3, progress=False, min_steps=0,
+                      early_stopping=EarlyStopping.AUC)
     eager_fit, eager_w = _fit(world_data, cfg)
     backend = EagerReplay()
     graph_fit, graph_w = _fit(world_data, TrainConfig(**{**cfg.__dict__, "cuda_graph": True}), backend)
