@@ -382,7 +382,7 @@ def test_each_model_trains_with_its_own_defaults(tmp_path):
     from adactr.train.config import Optimizer, RunConfig, resolve
 
     data = _synthetic(200, 100)
-    for name, lr, l2 in (("lr", 0.01, 0.0), ("fm", 0.01, 1e-4), ("deepfm", 0.001, 0.01), ("dnn", 0.001, 0.01)):
+    for name, lr, l2 in (("lr", 0.01, 0.0), ("fm", 0.01, 1e-4), ("deepfm", 0.001, 0.001), ("dnn", 0.001, 0.001)):
         fit, _ = _fit(name, _cfg(epochs=1), data)
         assert fit.history[0]["lr"] == lr and (fit.early_stopping["lr"], fit.early_stopping["embedding_l2"]) \
             == (lr, l2), name
