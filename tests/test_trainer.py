@@ -424,6 +424,14 @@ def test_resume_inside_an_epoch_matches_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
     st = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert (st["epoch"], st["step_in_epoch"], st["steps"]) == (0, 3, 3)  # killed mid-epoch
+    old = {k: v for k, v in st.items() if k not in ("monitor", "steps")}  # a checkpoint of the former trainer
+    torch.save(old, tmp_path / "old.pt")
+    (tmp_path / "older").mkdir()
+    (tmp_path / "old.pt").rename(tmp_path / "older" / "last.pt")
+    from adactr.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="written by an older adactr"):
+        _fit("deepfm", cfg, data, run_dir=tmp_path / "older", resume=True)
     resumed, resumed_model = _fit("deepfm", cfg, data, run_dir=tmp_path / "killed", resume=True, model_seed=9)
     assert untimed(resumed) == untimed(full) and len(full.history) == 4  # steps 3, 6, 9, 12
     assert (resumed.steps, resumed.best_step, resumed.train_samples) == (full.steps, full.best_step, 600)

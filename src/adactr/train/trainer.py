@@ -310,6 +310,9 @@ class Trainer:
         monitor: _Monitor | None = None
         if resume and self.run_dir is not None:
             st = checkpoint.load_state(self.run_dir / "last.pt")
+            if "monitor" not in st:  # written before the trainer counted steps and chose its metric
+                raise TrainingError(f"{self.run_dir / 'last.pt'}: written by an older adactr, which cannot be "
+                                    f"resumed exactly; train again without --resume")
             model.load_state_dict(st["model"])
             for o, s in zip(opts, st["optimizers"], strict=True):
                 o.load_state_dict(s)
