@@ -135,12 +135,14 @@ def _glibc() -> bool:
 
 
 _SCOPE_SCRIPT = """
+import os
+
 import torch
 from adactr.train import cpu_memory
 
-def rss_mb():
+def rss_mb():  # resident pages x the page size (4 KiB on x86-64, often 16 or 64 KiB on arm64)
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 with cpu_memory.freed_memory_kept() as kept:
     assert kept, "glibc should accept mallopt"
