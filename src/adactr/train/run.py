@@ -26,7 +26,7 @@ from adactr.errors import AdactrError, DataError
 from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train import checkpoint
-from adactr.train.config import Device, RunConfig
+from adactr.train.config import Device, RunConfig, resolve
 from adactr.train.trainer import Trainer, evaluate_split, predict_logits
 
 # validation rows the adaptivity diagnostic reads (all of Frappe_x1's and MovieLens-1M's; a bounded cost on
@@ -85,6 +85,7 @@ def train_run(*, data: Path, model_name: str, out: Path, config: RunConfig, resu
                               f"model; resume with the same --model and --data")
         config = override(RunConfig(), saved["config"])
     else:
+        config = resolve(config, model_name)  # the model's train.lr / train.embedding_l2 into config.json
         if out.exists() and any(out.iterdir()):
             if not overwrite:
                 raise AdactrError(f"{out}: run directory exists and is not empty (pass --overwrite, or --resume)")
@@ -144,7 +145,8 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
     results.update({
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
-        "samples_per_second": round(fit.samples_per_second, 1), "history": fit.history,
+        "samples_per_second": round(fit.samples_per_second, 1), "steps": fit.steps,
+        "early_stopping": fit.early_stopping, "history": fit.history,
     })
     if fit.cuda_graph is not None:
         results["cuda_graph"] = fit.cuda_graph
