@@ -68,7 +68,7 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
-    ModelEntry("lr", LR, "logistic regression (baseline of Chen et al., DynInt, DLP-KDD 2022)",
+    ModelEntry("lr", LR, "logistic regression (baseline of Yan & Li, DynInt, DLP-KDD 2022)",
                train=LR_DEFAULTS),
     ModelEntry("fm", FM, "Rendle, Factorization Machines, ICDM 2010", train=FM_DEFAULTS),
     ModelEntry("dnn", DNN, "plain MLP over field embeddings (baseline of DynInt / AdaSparse)"),
