@@ -135,7 +135,7 @@ class APGConfig:
     generate_bias: bool = False  # eq. (2) has no bias: keep a static shared b unless asked to generate b_i
     # not in the paper: a static full-rank W_0 x beside the adaptive rank-K term (a full-width path). On by
     # default: without it every v4/v5 layer's output lies in a K-dimensional subspace, and on the click world
-    # (whose click model changes by domain and user group) DeepFM + group-wise APG at K = 4 lost 0.031 AUC to
+    # (whose click model changes by domain and user group) DeepFM + group-wise APG at K = 4 lost 0.034 AUC to
     # Base without W_0 and 0.004 with it (3 seeds, docs/apg.md). It costs a static layer's N M weights:
     # false gives the paper's layer and its savings (Table 5 measures that one)
     static_weight: bool = True
