@@ -62,14 +62,12 @@ def _pyplot():  # -> matplotlib.pyplot
     return plt
 
 
-def _adaptivity_bars(metrics: dict[str, dict[str, Any]]) -> list[str]:
+def _adaptivity_bars(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """The (part, tensor) pairs any run reports, in the order first seen: one bar group each."""
-    keys: list[str] = []
+    keys: list[tuple[str, str]] = []
     for m in metrics.values():
         for part, tensors in (m.get("adaptivity") or {}).items():
-            for name in tensors:
-                if f"{part} {name}" not in keys:
-                    keys.append(f"{part} {name}")
+            keys += [(part, name) for name in tensors if (part, name) not in keys]
     return keys
 
 
@@ -121,11 +119,11 @@ def figure(metrics: dict[str, dict[str, Any]]):  # -> matplotlib.figure.Figure
         with_parts = [(i, name, m) for i, (name, m) in enumerate(metrics.items()) if m.get("adaptivity")]
         width = 0.8 / len(with_parts)
         for k, (i, name, m) in enumerate(with_parts):
-            values = [m["adaptivity"].get(b.rsplit(" ", 1)[0], {}).get(b.rsplit(" ", 1)[1], {})
-                      .get("adaptivity", math.nan) for b in bars]
+            values = [m["adaptivity"].get(part, {}).get(name, {}).get("adaptivity", math.nan) for part, name in bars]
             ax_ad.bar([j + (k - (len(with_parts) - 1) / 2) * width for j in range(len(bars))], values, width,
                       color=f"C{i % 10}", label=name)
-        ax_ad.set_xticks(range(len(bars)), bars, rotation=30, ha="right", fontsize=7)
+        ax_ad.set_xticks(range(len(bars)), [f"{part} {name}" for part, name in bars], rotation=30, ha="right",
+                         fontsize=7)
         ax_ad.axhline(0.1, color="grey", linestyle="--", linewidth=1)  # below: close to a static layer
         ax_ad.set(title="adaptivity (std over rows / rms of mean)", ylabel="adaptivity")
         ax_ad.grid(alpha=0.3, axis="y")

@@ -25,8 +25,8 @@ every APG layer of the model (the ``cond`` of the adaptive interface ``forward(x
     mix_output  z = stack_j(e_j)       (B, k, D): layer j-th APG gets e_j, outputs aggregated
     self        z = x                  the layer's own input; the builder returns None
 
-Choices the paper leaves open (the appendix is not part of the text we implement from), each measured
-on Frappe_x1 / MovieLens-1M (docs/apg.md):
+Choices the paper leaves open (the appendix is not part of the text we implement from), with what was
+measured for them on Frappe_x1 and the built-in click world in docs/apg.md:
 
 - **The condition's scale.** ``z`` is normalised before ``G`` (``condition_norm``: LayerNorm without
   affine by default, or batch norm, or none). Conditions made of embeddings have rms 1e-4 at
@@ -265,9 +265,11 @@ class ParameterGenerator(nn.Module):
     """``G`` of eqs. (1), (3), (5): z (B, Dz) -> ``{name: (B, *shape)}`` for each :class:`Generated`.
 
     ``z`` is normalised (``norm``), then an :class:`MLP` (hidden layers He-initialised, zero biases) emits the
-    flattened matrices. Output row ``r`` of matrix ``g`` starts with bias ``g.shared_std * N(0, 1)`` (the part
-    shared by all instances) and weights ``g.varying_std * N(0, 1) / sqrt(fan_in)`` (the part that varies
-    with the condition, of rms ``g.varying_std`` for unit-scale hidden activations).
+    flattened matrices. The output layer is set from a probe of unit-normal conditions through the hidden
+    layers (mean activation ``h_mean``, mean variance ``h_var``): weights ``g.varying_std * N(0, 1) /
+    sqrt(fan_in * h_var)``, so the part of output row ``r`` of matrix ``g`` that varies with the condition
+    has rms ``g.varying_std``, and bias ``g.shared_std * N(0, 1) - W h_mean``, so the part shared by all
+    instances has rms ``g.shared_std``.
     """
 
     def __init__(self, *, cond_dim: int, hidden: Sequence[int], outputs: Sequence[Generated],
@@ -288,10 +290,9 @@ class ParameterGenerator(nn.Module):
             for layer in self.net.layers:  # ReLU follows: He init keeps a unit-scale condition at unit scale
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
-            shared = torch.cat([torch.full((n,), g.shared_std) for n, g in zip(self.sizes, self.outputs,
-                                                                                 strict=True)])  # (sum sizes,)
-            varying = torch.cat([torch.full((n,), g.varying_std) for n, g in zip(self.sizes, self.outputs,
-                                                                                  strict=True)])  # (sum sizes,)
+            sized = list(zip(self.sizes, self.outputs, strict=True))
+            shared = torch.cat([torch.full((n,), g.shared_std) for n, g in sized])  # (sum sizes,)
+            varying = torch.cat([torch.full((n,), g.varying_std) for n, g in sized])  # (sum sizes,)
             # The hidden activations seen by the output layer, probed with unit-normal conditions (what the
             # normalisation produces): their mean goes into the shared part, their spread sets the scale.
             # Without hidden layers the probe is the condition itself (mean 0, variance 1).
