@@ -426,6 +426,70 @@ def test_other_formats_corpus(tmp_path: Path, capsys, fmt: str, name: str, data:
     _same_dirs(tmp_path / "out", tmp_path / "ref_out")
 
 
+# ------------------------------------------------------------------------- iPinYou as make-ipinyou-data releases it
+
+# train.yzx.txt rows: click, paying price, then idx:1 (0 = 'truncate' on every row; 4, 5, 7 are user tags)
+IPINYOU = "0 277 0:1 2:1 4:1 5:1\n1 80 0:1 3:1 7:1\n0 5 0:1 2:1 4:1\n1 300 0:1 3:1\n"
+# featindex.txt: 'truncate' first, bytes after index 3 (ESC) and index 6 (' junk'), a line without an index
+FEATINDEX = b"truncate\t0\n1:other\t1\n1:3\t2\n1:4\t3\x1b\n26:10006\t4\n26:13042\t5\n30:x\t6 junk\n30:lost\n26:1\t7\n"
+
+
+def _schema(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "schema.json").read_text())
+
+
+def test_ipinyou_without_field_map_prepares_in_one_command(tmp_path: Path, capsys) -> None:
+    """The old reader ended here in a polars traceback ('cannot cast List type ... to String')."""
+    path = _write(tmp_path / "train.yzx.txt", _bytes(IPINYOU))
+    code, out, err = _run(["prepare", "--format", "libfm", "--train", str(path), "--test", str(path), "--out",
+                           str(tmp_path / "out"), "--quiet"], capsys)
+    assert (code, err) == (0, ""), err
+    schema = _schema(tmp_path / "out")
+    # no map: one multi-valued field of every index; the paying price (known after the auction) is no feature
+    assert [(f["name"], f["kind"]) for f in schema["fields"]] == [("features", "sequence")]
+    assert schema["ignore"] == ["feature_values", "extra_1"]
+    assert sorted(_vocab(tmp_path / "out", "features")) == ["0", "2", "3", "4", "5", "7"]
+
+
+def test_ipinyou_released_field_map_is_taken_as_it_is_with_one_warning(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path / "train.yzx.txt", _bytes(IPINYOU))
+    fmap = _write(tmp_path / "featindex.txt", FEATINDEX)
+    out = tmp_path / "out"
+    code, _, err = _run(["prepare", "--format", "libfm", "--train", str(path), "--valid", str(path), "--test",
+                         str(path), "--field-map", str(fmap), "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    note = (f"{fmap}: took the field map as it is: 1 line without field:value (line 1 'truncate\\t0'): its "
+            "index is in no field, dropped from the rows; 2 lines with bytes after the index (first: line 4 "
+            "'1:4\\t3\\x1b'): kept the index; 1 line without an index (line 8 '30:lost'): skipped")
+    assert err == f"warning: {note}\n"  # one line, once for the three files that read the map
+    import json
+
+    assert json.loads((out / "meta.json").read_text())["warnings"] == [note]
+    schema = _schema(out)
+    # the user tags (several indices in a row) are multi-valued; truncate (index 0) is in no field; f30 is a
+    # field of the map that no row uses (index 6 only): left out
+    assert [(f["name"], f["kind"]) for f in schema["fields"]] == [("f1", "categorical"), ("f26", "sequence")]
+    assert schema["ignore"] == ["feature_values", "extra_1", "f30"]
+    assert sorted(_vocab(out, "f1")) == ["2", "3"] and sorted(_vocab(out, "f26")) == ["4", "5", "7"]
+    assert _arrays(out)["test/seq_0"].tolist() == [[2, 3], [4, 0], [2, 0], [0, 0]]  # 4 twice first, then 5, 7
+
+
+@pytest.mark.parametrize(("fmap", "data", "error"), [
+    (b"1:a\t1\n1:b\t2\n1:c\t1 x\n", "0 1:1\n", "{m}, row 3: index 1 appears twice"),
+    (b"1:a\t1\n1:b\n", "0 1:1\n\n1 2:1\n", "{f}, row 3: feature index 2 is not in the field map {m}"),
+    (b"", "0 1:1\n", "{m}: empty field map"),
+], ids=["duplicate-index", "index-on-a-skipped-line", "empty-map"])
+def test_field_map_faults_that_remain_errors(tmp_path: Path, capsys, fmap: bytes, data: str, error: str) -> None:
+    m = _write(tmp_path / "featindex.txt", fmap)
+    path = _write(tmp_path / "train.txt", _bytes(data))
+    code, _, err = _run(["prepare", "--format", "libfm", "--train", str(path), "--field-map", str(m), "--out",
+                         str(tmp_path / "out"), "--quiet"], capsys)
+    assert code == 2 and _one_line_error(err) == error.format(f=path, m=m)  # the error alone, no warning before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["featindex.txt", "train.txt"]
+
+
 # ------------------------------------------------------------------------------------------- predict
 
 

@@ -81,6 +81,57 @@ def test_log_bucket_is_floor_ln_squared_above_2():
     assert cat[4] == MISSING
 
 
+# Criteo's integers by the three bucketings in circulation, worked by hand (ln 2 = 0.693, ln 3 = 1.099,
+# ln 4 = 1.386, ln 5 = 1.609, ln 9 = 2.197, ln 10 = 2.303, ln 100 = 4.605, ln 101 = 4.615):
+#   v        : empty  0      1  2  3        -1  -2  -3  10
+#   log_v2   : miss   own    0  1  2        0   1   2   4    floor(ln v^2)  (0: ln 0 = -inf, a bucket of its own)
+#   log1p_v2 : miss   0      0  1  2        0   1   2   4    floor(ln(v^2 + 1))
+#   log_bucket: miss  0      1  2  big 1    -1  -2  -3  big 5  floor((ln v)^2) for v > 2, else v
+BUCKET_VALUES = ["", "0", "1", "2", "3", "-1", "-2", "-3", "10"]
+BUCKETS = {
+    NumericTransform.LOG_V2: [None, -1_000_000, 0, 1, 2, 0, 1, 2, 4],
+    NumericTransform.LOG1P_V2: [None, 0, 0, 1, 2, 0, 1, 2, 4],
+    NumericTransform.LOG_BUCKET: [None, 0, 1, 2, 1_000_001, -1, -2, -3, 1_000_005],
+}
+
+
+@pytest.mark.parametrize("transform", list(BUCKETS), ids=lambda t: t.value)
+def test_bucket_transforms_by_hand(transform):
+    expected = BUCKETS[transform]
+    df = check_labels(frame(label=["1"] * len(BUCKET_VALUES), v=BUCKET_VALUES), "label", file="t")
+    schema, vocabs = fit(df, Roles(numerical=("v",)), EncodeOptions(numeric_transform=transform), file="t")
+    (spec,) = schema.fields
+    assert spec.transform is transform and spec.embedded_as_index and schema.cat_fields == (spec,)
+    assert sorted(vocabs["v"]) == sorted(set(expected) - {None})
+    cat = encode(df, schema, vocabs, file="t")["cat"][:, 0]
+    decoded = [None if i == MISSING else vocabs["v"][i - 2] for i in cat.tolist()]
+    assert decoded == expected
+    # the transform is in schema.json, so a figure can say which one its data had
+    assert Schema.from_json(schema.to_json()).fields[0].transform is transform
+
+
+def test_paper_bucket_keeps_zero_apart_and_large_values_finite():
+    df = check_labels(frame(label=["1"] * 5, v=["0", "0.5", "1e200", "-1e200", "1e308"]), "label", file="t")
+    schema, vocabs = fit(df, Roles(numerical=("v",)), EncodeOptions(numeric_transform=NumericTransform.LOG_V2),
+                         file="t")
+    cat = encode(df, schema, vocabs, file="t")["cat"][:, 0]
+    tokens = [vocabs["v"][i - 2] for i in cat.tolist()]
+    # 0.5: floor(ln 0.25) = floor(-1.386) = -2; 1e200 squared overflows: 2 ln(1e200) = 921.03 -> 921, also for -1e200
+    assert tokens == [-1_000_000, -2, 921, 921, 1418]
+    for transform in (NumericTransform.LOG1P_V2, NumericTransform.LOG_BUCKET):
+        s, v = fit(df, Roles(numerical=("v",)), EncodeOptions(numeric_transform=transform), file="t")
+        assert MISSING not in encode(df, s, v, file="t")["cat"][:, 0].tolist()  # no value lost to an overflow
+
+
+def test_min_count_applies_to_buckets():
+    # buckets of log_v2: 1 -> 0 (three times), 3 -> 2 (twice), 10 -> 4 (once)
+    df = check_labels(frame(label=["1"] * 6, v=["1", "1", "-1", "3", "3", "10"]), "label", file="t")
+    schema, vocabs = fit(df, Roles(numerical=("v",)),
+                         EncodeOptions(numeric_transform=NumericTransform.LOG_V2, min_count=2), file="t")
+    assert vocabs["v"] == [0, 2] and schema.fields[0].min_count == 2
+    assert encode(df, schema, vocabs, file="t")["cat"][:, 0].tolist() == [2, 2, 2, 3, 3, OOV]
+
+
 def test_sequence_padding_and_truncation():
     (schema, vocabs), df = fitted(max_seq_len=2)
     seq = encode(df, schema, vocabs, file="t")["seq_0"]

@@ -20,7 +20,7 @@ from adactr.data.readers import (
     read_table,
     validate_labels,
 )
-from adactr.errors import DataError
+from adactr.errors import DataError, DataWarning
 
 
 def _write(path: Path, text: str, *, encoding: str = "utf-8") -> Path:
@@ -248,6 +248,51 @@ def test_libfm_with_ipinyou_field_map(tmp_path: Path) -> None:
     assert df.columns == ["label", "extra_1", "f1", "f26", "f30"] and set(df.dtypes) == {pl.String}
     assert df.rows() == [("0", "277", "2", "4|5", None), ("1", "80", "3", None, "6"),
                          ("0", "5", None, None, None)]
+
+
+# featindex.txt as make-ipinyou-data releases it, with the odd lines real copies hold: line 1 'truncate'
+# (no field:value), stray bytes after an index (line 4: ESC, line 6: ' junk', line 8: NUL), a blank before an
+# index (line 5), a line without an index (line 9), a key that is not UTF-8 (line 10: latin-1 'é')
+_RELEASED = (b"truncate\t0\n1:other\t1\n1:3\t2\n1:4\t3\x1b\n26:10006\t 4\n26:13042\t5 junk\n30:x y\t6\n"
+             b"30:z\t7\x00\x00\n30:lost\n8:caf\xe9\t8\n")
+
+
+def test_field_map_as_released_is_taken_with_one_note(tmp_path: Path) -> None:
+    fmap = tmp_path / "featindex.txt"
+    fmap.write_bytes(_RELEASED)
+    table, note = readers.read_field_map(fmap)
+    assert table.rows() == [("0", None), ("1", "f1"), ("2", "f1"), ("3", "f1"), ("4", "f26"), ("5", "f26"),
+                            ("6", "f30"), ("7", "f30"), ("8", "f8")]
+    assert note == (f"{fmap}: took the field map as it is: "
+                    "1 line without field:value (line 1 'truncate\\t0'): its index is in no field, dropped from the "
+                    "rows; "
+                    "3 lines with bytes after the index (first: line 4 '1:4\\t3\\x1b'): kept the index; "
+                    "1 line without an index (line 9 '30:lost'): skipped; "
+                    "1 line not UTF-8 (line 10 '8:caf\ufffd\\t8'): the bytes replaced")
+    path = _write(tmp_path / "train.yzx.txt", "0 277 0:1 2:1 4:1 5:1 8:1\n1 80 0:1 3:1 6:1 7:1\n0 5 0:1\n")
+    with pytest.warns(DataWarning) as caught:
+        df = read_libfm(path, field_map=fmap)
+    assert [str(w.message) for w in caught] == [note]
+    assert df.columns == ["label", "extra_1", "f1", "f26", "f30", "f8"]
+    assert df.rows() == [("0", "277", "2", "4|5", None, "8"), ("1", "80", "3", None, "6|7", None),
+                         ("0", "5", None, None, None, None)]
+
+
+def test_clean_field_map_gives_no_note(tmp_path: Path) -> None:
+    fmap = _write(tmp_path / "featindex.txt", "weekday:3\t1\nusertag:10063\t 02\n")  # 02 is index 2
+    table, note = readers.read_field_map(fmap)
+    assert note is None and table.rows() == [("1", "weekday"), ("2", "usertag")]
+    df = read_libfm(_write(tmp_path / "a.txt", "1 1:1 2:1\n"), field_map=fmap)
+    assert df.rows() == [("1", "1", "2")]
+
+
+def test_ipinyou_without_field_map_is_one_multi_valued_field(tmp_path: Path) -> None:
+    """make-ipinyou-data rows with no featindex.txt: nothing says which index is which field, so the indices
+    of a row are one list (the old reader's polars 'cannot cast List type' traceback came from here)."""
+    path = _write(tmp_path / "train.yzx.txt", "0 277 0:1 5:1 23:1 101:1\n1 80 0:1 6:1 23:1 102:1 103:1\n")
+    df = read_libfm(path)
+    assert df.columns == ["label", "extra_1", "features", "feature_values"]
+    assert df["features"].to_list() == [["0", "5", "23", "101"], ["0", "6", "23", "102", "103"]]
 
 
 def test_libfm_bad_inputs_name_the_row(tmp_path: Path) -> None:

@@ -72,6 +72,43 @@ def test_write_criteo_like_round_trip(tmp_path: Path, name: str) -> None:
     assert read_criteo(path).equals(criteo_like(400, seed=2))
 
 
+def test_criteo_like_prepares_as_in_the_dynint_paper_in_one_command(tmp_path: Path) -> None:
+    """The command of docs/data.md: floor(ln(v^2)) buckets, values seen < 20 times in train -> OOV, a seeded
+    random 70/10/20 split."""
+    import json
+
+    from adactr.cli import main
+
+    raw = write_criteo_like(tmp_path / "crit.txt", 3000, seed=0)
+
+    def prepare(out: str, seed: int) -> Path:
+        assert main(["prepare", "--format", "criteo", "--train", str(raw), "--numeric", "log_v2", "--min-count",
+                     "20", "--split", "0.7,0.1,0.2", "--seed", str(seed), "--out", str(tmp_path / out),
+                     "--quiet"]) == 0
+        return tmp_path / out
+
+    out = prepare("a", 7)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["rows"] == {"train": 2100, "valid": 300, "test": 600}
+    assert meta["split"] == {"fractions": [0.7, 0.1, 0.2], "time_column": None, "seed": 7}
+    fields = json.loads((out / "schema.json").read_text())["fields"]
+    assert [f["name"] for f in fields] == list(CRITEO_COLUMNS[1:])
+    assert {f["transform"] for f in fields[:13]} == {"log_v2"} and {f["transform"] for f in fields[13:]} == {None}
+    assert {f["min_count"] for f in fields} == {20}
+    cat = np.load(out / "train" / "cat.npy")  # (2100, 39): I1-I13 buckets, then C1-C26
+    oov = 0
+    for j in range(cat.shape[1]):
+        kept = np.bincount(cat[:, j])[2:]  # rows per vocabulary index (0 missing, 1 OOV)
+        assert (kept >= 20).all()  # every kept value was seen at least 20 times in train
+        oov += int((cat[:, j] == 1).sum())
+    assert oov > 1000  # and rarer ones went to OOV: Criteo's long tails
+    i2 = json.loads((out / "vocab" / "I2.json").read_text())
+    assert 0 in i2 and -1_000_000 in i2  # v = +-1 -> bucket 0; v = 0 keeps its own bucket
+    again, other = prepare("b", 7), prepare("c", 8)
+    assert np.array_equal(np.load(again / "test" / "cat.npy"), np.load(out / "test" / "cat.npy"))
+    assert not np.array_equal(np.load(other / "test" / "label.npy"), np.load(out / "test" / "label.npy"))
+
+
 # ------------------------------------------------------------------------------------------- click world
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +26,12 @@ examples:
       --ignore rating --domain domain --group user_id --out prepared/ml1m
   # Criteo (tab-separated, no header; I1-I13 -> floor(ln(x)^2) buckets, categories seen < 10 times -> OOV)
   adactr prepare --format criteo --train criteo/train.txt --split 0.8,0.1,0.1 --out prepared/criteo
+  # Criteo as in the DynInt paper: floor(ln(v^2)) buckets, values seen < 20 times -> OOV, random 70/10/20
+  adactr prepare --format criteo --train criteo/train.txt --numeric log_v2 --min-count 20 \\
+      --split 0.7,0.1,0.2 --out prepared/criteo-dynint
   # Avazu (hour YYMMDDHH -> hour of day + weekday), time-ordered split on the hour
   adactr prepare --format avazu --train avazu/train.csv --time-column hour --out prepared/avazu
-  # libFM / libSVM ("label idx:val ..."), optional iPinYou-style field map
+  # libFM / libSVM ("label idx:val ..."), optional field map: make-ipinyou-data's output as released
   adactr prepare --format libfm --train ipinyou/train.txt --test ipinyou/test.txt \\
       --field-map ipinyou/featindex.txt --out prepared/ipinyou
   # MovieLens .dat directory (ratings.dat, users.dat, movies.dat): label = rating >= 4
@@ -72,8 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--domain", help="domain / scenario column (multi-domain models, per-domain metrics)")
     pp.add_argument("--group", help="group column for GAUC (e.g. user id)")
     pp.add_argument("--ignore", help="comma-separated columns that are not features (e.g. a raw rating)")
-    pp.add_argument("--min-count", type=int, help="values seen fewer times in train go to OOV")
-    pp.add_argument("--numeric", choices=["standard", "log_bucket"], help="numerical transform")
+    pp.add_argument("--min-count", type=int, help="values (and numeric buckets) seen fewer times in train go to OOV "
+                                                  "(default 1; --format criteo 10, avazu 2; DynInt paper 20)")
+    pp.add_argument("--numeric", choices=["standard", "log_bucket", "log_v2", "log1p_v2"],
+                    help="numerical transform: standard (z-score); or buckets embedded like categories: log_bucket "
+                         "floor(ln(v)^2) for v > 2 else v (Criteo winners, BARS; --format criteo's default), "
+                         "log_v2 floor(ln(v^2)) (DynInt paper; 0 its own bucket), log1p_v2 floor(ln(v^2+1)) "
+                         "(xDeepInt code)")
     pp.add_argument("--split", help="fractions for missing splits, e.g. 0.8,0.1,0.1 (default)")
     pp.add_argument("--time-column", help="split in the order of this column instead of at random")
     pp.add_argument("--seed", type=int, default=2022, help="seed of the random split")
@@ -148,7 +157,7 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from adactr.data.prepare import PRESETS, Format, PrepareRequest, SplitSpec, prepare
     from adactr.data.schema import NumericTransform, Pooling
-    from adactr.errors import ConfigError
+    from adactr.errors import ConfigError, DataWarning
 
     fmt = Format(args.format)
     preset = PRESETS[fmt]
@@ -183,8 +192,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     req = PrepareRequest(format=fmt, train=args.train, valid=args.valid, test=args.test, out=args.out,
                          roles=roles, options=options, split=split, field_map=args.field_map,
                          rating_threshold=args.rating_threshold, overwrite=args.overwrite)
-    schema = prepare(req, progress=not args.quiet)
+    with warnings.catch_warnings():  # odd input lines taken as they are: one line each, as the errors are
+        warnings.simplefilter("ignore", DataWarning)
+        schema = prepare(req, progress=not args.quiet)
     meta = json.loads((args.out / "meta.json").read_text())
+    for note in meta.get("warnings", []):
+        print(f"warning: {note}", file=sys.stderr)
     print(f"prepared {args.out}: {len(schema.fields)} fields, rows {meta['rows']}, {meta['seconds']} s")
     return 0
 

@@ -34,6 +34,12 @@ class DataError(AdactrError):
         return DataError(self.detail, file=self.file, row=row, column=self.column)
 
 
+class DataWarning(UserWarning):
+    """Input taken as it is, with something the user should know (odd lines skipped or repaired): one line
+    naming the file, how many lines of each kind, and the first of each. ``adactr prepare`` prints it as
+    ``warning: ...`` and keeps it in the prepared directory's ``meta.json``."""
+
+
 class ConfigError(AdactrError):
     """Bad configuration: names the key and, where useful, the valid ones."""
 

@@ -56,7 +56,7 @@ class Roles:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    min_count: int = 1  # values rarer than this in train go to OOV (Criteo practice: 10)
+    min_count: int = 1  # values rarer than this in train go to OOV (Criteo practice: 10; DynInt: 20)
     numeric_transform: NumericTransform = NumericTransform.STANDARD
     sequence_sep: str = "|"
     max_seq_len: int = 32  # longer lists keep their first max_seq_len values
@@ -113,14 +113,60 @@ def _log_bucket_tokens(x: pl.Series) -> pl.Series:
     v = x.to_numpy()
     big = v > 2
     with np.errstate(invalid="ignore"):
-        code = np.where(big, _BIG_BUCKET + np.floor(np.log(np.where(big, v, 3.0)) ** 2), np.floor(v))
+        # below -2^53 (past exact integers) one bucket, not an int64 overflow that would read as missing
+        code = np.where(big, _BIG_BUCKET + np.floor(np.log(np.where(big, v, 3.0)) ** 2),
+                        np.floor(np.maximum(v, -(2.0**53))))
     return pl.Series(x.name, code, dtype=pl.Float64).cast(pl.Int64, strict=False)  # NaN -> null
+
+
+# ln 0 = -inf: under log_v2 a zero gets this token, which no number gives (|v| would be e^-500000), so a
+# zero count stays a value of its own, apart from an empty field (missing) and from |v| = 1 (bucket 0).
+_ZERO_BUCKET = -1_000_000
+
+
+def _ln_v2(v: np.ndarray, plus_one: bool) -> np.ndarray:
+    """ln(v^2) or ln(v^2 + 1), without overflow: where v^2 is inf (|v| > 1.3e154), 2 ln|v| (the + 1 is
+    then far below float64's precision)."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        sq = v * v
+        ln = np.log1p(sq) if plus_one else np.log(sq)
+        return np.where(np.isinf(sq), 2.0 * np.log(np.abs(v)), ln)
+
+
+def _log_v2_tokens(x: pl.Series) -> pl.Series:
+    """DynInt paper: floor(ln(v^2)); v = 0 -> _ZERO_BUCKET; v < 0 as |v|; int tokens (NaN -> null)."""
+    v = x.to_numpy()
+    code = np.where(v == 0, _ZERO_BUCKET, np.floor(_ln_v2(v, plus_one=False)))
+    return pl.Series(x.name, code, dtype=pl.Float64).cast(pl.Int64, strict=False)
+
+
+def _log1p_v2_tokens(x: pl.Series) -> pl.Series:
+    """xDeepInt's code: floor(ln(v^2 + 1)); 0 -> 0, v < 0 as |v|; int tokens (NaN -> null)."""
+    code = np.floor(_ln_v2(x.to_numpy(), plus_one=True))
+    return pl.Series(x.name, code, dtype=pl.Float64).cast(pl.Int64, strict=False)
+
+
+_BUCKETS = {NumericTransform.LOG_BUCKET: _log_bucket_tokens, NumericTransform.LOG_V2: _log_v2_tokens,
+            NumericTransform.LOG1P_V2: _log1p_v2_tokens}
+
+
+def bucket_tokens(x: pl.Series, transform: NumericTransform) -> pl.Series:
+    """Numbers (float64, null = missing) -> the int bucket tokens of a bucketing transform (null stays null).
+
+    >>> bucket_tokens(pl.Series([None, 0.0, 1, 2, 3, -3, 10]), NumericTransform.LOG_V2).to_list()
+    [None, -1000000, 0, 1, 2, 2, 4]
+    >>> bucket_tokens(pl.Series([0.0, 1, 2, 3, -3, 10]), NumericTransform.LOG1P_V2).to_list()
+    [0, 0, 1, 2, 2, 4]
+    >>> bucket_tokens(pl.Series([0.0, 1, 2, 3, -3, 10]), NumericTransform.LOG_BUCKET).to_list()
+    [0, 1, 2, 1000001, -3, 1000005]
+    """
+    return _BUCKETS[transform](x)
 
 
 def _category_strings(df: pl.DataFrame, spec_name: str, transform: NumericTransform | None, *,
                       file: str) -> pl.Series:
-    if transform is NumericTransform.LOG_BUCKET:
-        return _log_bucket_tokens(_to_float(df, spec_name, file=file))
+    if transform is not None and transform.buckets:
+        return bucket_tokens(_to_float(df, spec_name, file=file), transform)
     s = df[spec_name]
     return s if s.dtype == pl.Utf8 else s.cast(pl.Utf8)
 
@@ -228,9 +274,9 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
                 fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.STANDARD,
                                         mean=mean, std=std if std > 0 else 1.0))
                 continue
-            tokens = _log_bucket_tokens(_to_float(train, name, file=file))  # every row: no gather
+            tokens = bucket_tokens(_to_float(train, name, file=file), options.numeric_transform)  # no gather
             vocab = _fit_vocab(tokens, options.min_count, train_mask)
-            fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=NumericTransform.LOG_BUCKET,
+            fields.append(FieldSpec(name=name, kind=Kind.NUMERICAL, transform=options.numeric_transform,
                                     vocab_size=len(vocab) + RESERVED, min_count=options.min_count))
         elif name in roles.sequence or isinstance(train.schema[name], pl.List):  # libSVM's index lists
             lists = _split_lists(col(train[name]), options.sequence_sep)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from adactr.data import readers
 from adactr.data.encode import ROW, EncodeOptions, Roles, check_labels, encode, fit
 from adactr.data.schema import NumericTransform, Schema
-from adactr.errors import DataError
+from adactr.errors import DataError, DataWarning
 
 SPLITS = ("train", "valid", "test")
 
@@ -54,7 +55,8 @@ CRITEO_INTS = tuple(f"I{i}" for i in range(1, 14))
 
 PRESETS: dict[Format, Preset] = {
     Format.CSV: Preset(Roles(), EncodeOptions()),
-    # Criteo winners: integers discretised by floor(ln(x)^2), rare categories (< 10) to OOV.
+    # Criteo winners / BARS: integers discretised by floor(ln(x)^2), rare categories (< 10) to OOV: the recipe
+    # behind the published BARS Criteo numbers. DynInt's is --numeric log_v2 --min-count 20 (docs/data.md).
     Format.CRITEO: Preset(Roles(numerical=CRITEO_INTS),
                           EncodeOptions(min_count=10, numeric_transform=NumericTransform.LOG_BUCKET)),
     Format.AVAZU: Preset(Roles(), EncodeOptions(min_count=2)),
@@ -192,13 +194,20 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     files = {"train": req.train, "valid": req.valid, "test": req.test}
     frames: dict[str, pl.DataFrame] = {}
     sources: dict[str, str] = {}
-    for split, path in files.items():
-        if path is None:
-            continue
-        df = read_raw(req.format, path, field_map=req.field_map, rating_threshold=req.rating_threshold)
-        with editor_rows(req.format, path):
-            frames[split] = check_labels(df, req.roles.label, file=str(path))
-        sources[split] = str(path)
+    with warnings.catch_warnings(record=True) as caught:  # odd lines taken as they are: kept in meta.json
+        warnings.simplefilter("always", DataWarning)
+        for split, path in files.items():
+            if path is None:
+                continue
+            df = read_raw(req.format, path, field_map=req.field_map, rating_threshold=req.rating_threshold)
+            with editor_rows(req.format, path):
+                frames[split] = check_labels(df, req.roles.label, file=str(path))
+            sources[split] = str(path)
+    notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DataWarning)))
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    roles = _libfm_roles(frames["train"], req.roles) if req.format is Format.LIBFM else req.roles
     stage("read")
 
     missing = tuple(s for s in SPLITS if s not in frames)
@@ -213,7 +222,7 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
     stage("split")
 
     with editor_rows(req.format, req.train):
-        schema, vocabs = fit(frames["train"], req.roles, req.options, file=sources["train"],
+        schema, vocabs = fit(frames["train"], roles, req.options, file=sources["train"],
                              source_format=req.format.value, rows=train_rows)
     stage("fit")
 
@@ -244,7 +253,8 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
         meta = {"rows": {s: int(encoded[s]["label"].shape[0]) for s in SPLITS},
                 "sources": sources, "seconds": round(time.perf_counter() - t0, 3),
                 "split": {"fractions": list(req.split.fractions), "time_column": req.split.time_column,
-                          "seed": req.split.seed} if missing else None}
+                          "seed": req.split.seed} if missing else None,
+                "warnings": notes}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _replace_dir(tmp, out)
     except BaseException as exc:
@@ -254,7 +264,25 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
         raise
     stage("done")
     bar.close()
+    for note in notes:
+        warnings.warn(note, DataWarning, stacklevel=2)
     return schema
+
+
+def _libfm_roles(train: pl.DataFrame, roles: Roles) -> Roles:
+    """What libFM columns are, unless the user said: the tokens between the label and the features
+    (``extra_1``: make-ipinyou-data's paying price, known only after the auction was won) are not
+    features; a field with several active indices in a row (iPinYou's user tags, joined with ``|`` by the
+    reader) is multi-valued, so each tag has its own embedding rather than each combination of tags; a field
+    of the map that no row of the train file uses is left out (make-ipinyou-data's map has an ``N:other``
+    key for every column of its log, also the ones it never writes into the rows)."""
+    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, roles.domain, roles.group}
+    free = [c for c in train.columns if c not in named and c != ROW]
+    extra = tuple(c for c in free if c.startswith("extra_"))
+    unused = tuple(c for c in free if c not in extra and train[c].null_count() == train.height)
+    multi = tuple(c for c in free if c not in extra and c not in unused and train.schema[c] == pl.String
+                  and bool(train[c].str.contains("|", literal=True).any()))
+    return replace(roles, ignore=(*roles.ignore, *extra, *unused), sequence=(*roles.sequence, *multi))
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -27,6 +27,7 @@ import csv
 import gzip
 import io
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from adactr.errors import DataError
+from adactr.errors import DataError, DataWarning
 
 CRITEO_COLUMNS: tuple[str, ...] = ("label", *(f"I{i}" for i in range(1, 14)),
                                    *(f"C{i}" for i in range(1, 27)))
@@ -338,6 +339,8 @@ def read_libfm(path: str | Path, *, field_map: str | Path | None = None) -> pl.D
       field of the map, in the map's order, holding the index active in that row (null if none; several
       active indices, e.g. iPinYou user tags, are joined with ``|`` like other multi-valued columns).
       A map key without a field (make-ipinyou-data's ``truncate\\t0``, active on every row) is dropped.
+      Odd map lines (that one, bytes after an index, no index) are taken as they are and reported in one
+      :class:`~adactr.errors.DataWarning` line (see :func:`read_field_map`).
     * no map, libFFM triples: one ``pl.String`` column per field id ``0..max`` seen, likewise.
     * no map, ``idx:val`` pairs: ``features`` (``List(String)``, the indices in line order) and
       ``feature_values`` (``List(Float64)``, the values beside them).
@@ -422,7 +425,9 @@ def read_libfm(path: str | Path, *, field_map: str | Path | None = None) -> pl.D
         _fail(path, bad, f"feature index in {bad['tok'][0]!r} is not an integer")
     feats = feats.with_columns(idx=pl.col("idx_int").cast(pl.String))
     if field_map is not None:
-        fmap = _read_field_map(_existing(field_map))
+        fmap, note = read_field_map(field_map)
+        if note is not None:
+            warnings.warn(note, DataWarning, stacklevel=2)
         feats = feats.join(fmap.select("idx", "col", known=pl.lit(True)), on="idx", how="left",
                            maintain_order="left")
         bad = feats.filter(pl.col("known").is_null())
@@ -459,25 +464,64 @@ def read_libfm(path: str | Path, *, field_map: str | Path | None = None) -> pl.D
     return base.select("label", *[f"extra_{j + 1}" for j in range(k)], *columns)
 
 
-def _read_field_map(path: Path) -> pl.DataFrame:
-    """featindex.txt -> (idx, col): index text and column name (null for a key without a field)."""
-    lines = _read_lines(path)
+def read_field_map(path: str | Path) -> tuple[pl.DataFrame, str | None]:
+    """featindex.txt -> (a frame of ``idx``, ``col``: index text and column name, null for a key without a
+    field; a one-line note on the odd lines taken as they are, or None).
+
+    A line is ``key<whitespace>index``, ``key`` being ``field:value`` (the field is the text before the
+    first ``:``). Released files are taken as they are; their odd lines are counted, the first of each
+    kind quoted in the note, and none of them refuses the file:
+
+    * a key without ``:`` (make-ipinyou-data's ``truncate<TAB>0``, an index active on every row): the index
+      belongs to no field and is dropped from the rows;
+    * bytes after the index (``8:x<TAB>12 junk``, ``12\x00``, ``12\x1b``): the index is kept, the bytes dropped;
+    * no index at all (``8:x`` alone): the line is skipped; a data row that uses an index the map does not
+      hold is then an error naming that row;
+    * bytes that are not UTF-8 (only keys hold free text): replaced, since only the field and index are read.
+
+    The same index twice is an error (the map would be ambiguous). Layout::
+
+        truncate\t0
+        1:other\t1
+        26:10063\t 2
+    """
+    path = _existing(path)
+    lines = _read_lines(path, errors="replace")
     if lines.height == 0:
         raise DataError("empty field map", file=str(path))
-    m = lines.with_columns(g=pl.col("line").str.strip_chars().str.extract_groups(r"^(.*\S)\s+(\d+)$")).select(
-        _ROW, key=pl.col("g").struct.field("1"), idx=pl.col("g").struct.field("2"))
-    bad = m.filter(pl.col("idx").is_null())
-    if bad.height:
-        _fail(path, bad, "expected 'field:value<TAB>index'")
-    m = m.with_columns(idx=pl.col("idx").cast(pl.Int64).cast(pl.String),
-                       field=pl.when(pl.col("key").str.contains(":", literal=True))
+    line = pl.col("line").str.strip_chars()
+    clean = line.str.extract_groups(r"^(.*\S)\s+(\d+)$")
+    trailing = line.str.extract_groups(r"^(.*\S)\s+(\d+)(\D.*)$")  # the longest key still followed by an index
+    m = lines.with_columns(c=clean, t=trailing).select(
+        _ROW, "line",
+        key=pl.coalesce(pl.col("c").struct.field("1"), pl.col("t").struct.field("1")),
+        idx=pl.coalesce(pl.col("c").struct.field("2"), pl.col("t").struct.field("2")),
+        stray=pl.col("c").struct.field("2").is_null() & pl.col("t").struct.field("2").is_not_null(),
+        replaced=pl.col("line").str.contains("\ufffd", literal=True))
+    m = m.with_columns(field=pl.when(pl.col("key").str.contains(":", literal=True))
                        .then(pl.col("key").str.split(":").list.first()))
+    kinds = [("without field:value", m.filter(pl.col("idx").is_not_null() & pl.col("field").is_null()),
+              "its index is in no field, dropped from the rows"),
+             ("with bytes after the index", m.filter(pl.col("stray")), "kept the index"),
+             ("without an index", m.filter(pl.col("idx").is_null()), "skipped"),
+             ("not UTF-8", m.filter(pl.col("replaced")), "the bytes replaced")]
+    parts = []
+    for what, rows, done in kinds:
+        if rows.height:
+            shown = rows["line"][0].strip()
+            shown = repr(shown if len(shown) <= 40 else shown[:40] + "...")
+            first = "line" if rows.height == 1 else "first: line"
+            parts.append(f"{rows.height} line{'s' if rows.height > 1 else ''} {what} ({first} {rows[_ROW][0]} "
+                         f"{shown}): {done}")
+    m = m.filter(pl.col("idx").is_not_null()).with_columns(
+        idx=pl.col("idx").str.strip_chars_start("0").replace("", "0"))  # 007 and 7 are one index
     dup = m.filter(~pl.col("idx").is_first_distinct())
     if dup.height:
         _fail(path, dup, f"index {dup['idx'][0]} appears twice")
     col = pl.when(pl.col("field").str.contains(r"^\d+$")).then(pl.format("f{}", pl.col("field"))) \
         .otherwise(pl.col("field"))
-    return m.select("idx", col=col)
+    note = f"{path}: took the field map as it is: {'; '.join(parts)}" if parts else None
+    return m.select("idx", col=col), note
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,11 +685,12 @@ def _first_record(path: Path, sep: str, *, quoted: bool, names: Sequence[str],
     return None
 
 
-def _read_lines(path: Path, *, encoding: str = "utf-8") -> pl.DataFrame:
-    """Non-blank lines as (__row: 1-based line number, line); LF, CRLF and CR end a line, a BOM is skipped."""
+def _read_lines(path: Path, *, encoding: str = "utf-8", errors: str = "strict") -> pl.DataFrame:
+    """Non-blank lines as (__row: 1-based line number, line); LF, CRLF and CR end a line, a BOM is skipped.
+    ``errors="replace"`` puts U+FFFD for bytes that are not ``encoding`` instead of refusing the file."""
     data = _read_bytes(path)
     try:
-        text = data.decode(encoding)  # not "utf-8-sig": its error offsets would not count the BOM
+        text = data.decode(encoding, errors)  # not "utf-8-sig": its error offsets would not count the BOM
     except UnicodeDecodeError as exc:
         raise DataError(f"not {'UTF-8' if encoding == 'utf-8' else encoding} text (byte 0x{data[exc.start]:02x})"
                         + (f": {_NOT_UTF8}" if encoding == "utf-8" else ""), file=str(path),

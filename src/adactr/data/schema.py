@@ -37,11 +37,25 @@ class Kind(str, Enum):
 
 
 class NumericTransform(str, Enum):
-    # Criteo winners' discretisation: v > 2 -> floor(ln(v)^2), else the integer itself; the result is a
-    # categorical token, so the field is embedded like any categorical one.
+    """How a numerical column is encoded. Every transform but ``standard`` turns a number into a bucket
+    token, so the field is embedded like a categorical one (and ``--min-count`` applies to its buckets);
+    an empty value is missing (index 0) under all of them."""
+
+    # Criteo winners' discretisation (FuxiCTR/BARS ``convert_to_bucket``): v > 2 -> floor(ln(v)^2), else
+    # floor(v) itself; the big buckets are kept apart from the small integers (3 -> bucket 1 is not v = 1).
     LOG_BUCKET = "log_bucket"
+    # DynInt paper (Sec. 4.1): floor(ln(v^2)). v = 0 (ln 0 = -inf) is a bucket of its own, not missing;
+    # v < 0 shares the bucket of |v| (v^2 is the same), as in the formula.
+    LOG_V2 = "log_v2"
+    # xDeepInt's official code (src/transformation.py): floor(ln(v^2 + 1)); 0 -> 0, v < 0 as |v|.
+    LOG1P_V2 = "log1p_v2"
     # z-score with the train mean/std; missing -> 0 (the mean). The value scales a per-field vector.
     STANDARD = "standard"
+
+    @property
+    def buckets(self) -> bool:
+        """True when the transform gives bucket tokens (embedded by index), not a scaled value."""
+        return self is not NumericTransform.STANDARD
 
 
 class Pooling(str, Enum):
@@ -71,7 +85,7 @@ class FieldSpec:
     def embedded_as_index(self) -> bool:
         """True when the encoded value is an index into an embedding table (cat array)."""
         return self.kind is Kind.CATEGORICAL or (
-            self.kind is Kind.NUMERICAL and self.transform is NumericTransform.LOG_BUCKET)
+            self.kind is Kind.NUMERICAL and self.transform is not None and self.transform.buckets)
 
 
 @dataclass(frozen=True)
