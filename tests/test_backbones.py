@@ -1,4 +1,5 @@
-"""Tests for the interaction backbones: PNN, FiBiNET, DIFM, DCN (v1) and AutoInt.
+"""Tests for the interaction backbones: PNN (IPNN, OPNN, PNN*), FiBiNET, DIFM, DCN (v1), AutoInt, DeepCrossing
+and xDeepFM.
 
 Blocks get hand-computable goldens (the arithmetic is in the comments); models get the contract every
 registered model has (shape (B,), finite, gradients, B = 1, the layer-factory and condition seams) and
@@ -20,13 +21,16 @@ from adactr.data.schema import FieldLayout, Pooling
 from adactr.data.tensors import Batch
 from adactr.errors import ConfigError
 from adactr.models.autoint import AutoInt
-from adactr.models.config import ModelConfig
+from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.dcn import DCN
+from adactr.models.deepcrossing import ResidualUnit
 from adactr.models.difm import DIFM
 from adactr.models.fibinet import FiBiNET
 from adactr.models.pnn import PNN, Product
 from adactr.models.registry import MODELS, build_model
+from adactr.nn.apg import APGLinear
 from adactr.nn.interaction import (
+    CIN,
     BilinearInteraction,
     BilinearType,
     CrossLayerV1,
@@ -47,7 +51,10 @@ P = F * (F - 1) // 2  # 15 field pairs
 CONFIG = ModelConfig(embedding_dim=D, embedding_init_std=0.1, hidden=(8, 4), cross_layers=2,
                      attention_heads=2, attention_dim=3, attention_layers=2, senet_reduction=3)
 PLUS = replace(CONFIG, autoint_plus=True)
-NEW = ("ipnn", "opnn", "fibinet", "difm", "dcn", "autoint")
+# DeepCrossing: two units 24 -> 8 -> 24 and 24 -> 4 -> 24; xDeepFM: a split-half CIN of 4 and 2 maps
+DC = replace(CONFIG, residual_units=(8, 4))
+XD = replace(CONFIG, cin_layers=(4, 2), cin_split_half=True)
+NEW = ("ipnn", "opnn", "fibinet", "difm", "dcn", "autoint", "pnn", "deepcrossing", "xdeepfm")
 # (name, config, input size of the tower's first layer)
 TOWERS = [
     ("ipnn", CONFIG, F * D + P),  # z (24) + 15 inner products = 39
@@ -56,8 +63,10 @@ TOWERS = [
     ("difm", CONFIG, F * D),  # bit-wise part over flatten(V_x) = 24
     ("dcn", CONFIG, F * D),  # deep network over x_0 = 24
     ("autoint", PLUS, F * D),  # AutoInt+'s MLP over the flattened embeddings = 24
+    ("pnn", CONFIG, F * D + P + D * D),  # PNN*: z (24) + 15 inner + 16 outer = 55
+    ("xdeepfm", XD, F * D),  # the DNN over the flattened embeddings = 24
 ]
-ALL = [(n, c) for n, c, _ in TOWERS] + [("autoint", CONFIG)]
+ALL = [(n, c) for n, c, _ in TOWERS] + [("autoint", CONFIG), ("deepcrossing", DC)]
 
 
 def _batch(B: int, seed: int = 0) -> Batch:
@@ -97,6 +106,80 @@ def test_outer_product_is_the_superposition_of_all_pairs() -> None:
     g = torch.randn(3, 5, 4)
     naive = sum(torch.einsum("bd,be->bde", g[:, i], g[:, j]) for i in range(5) for j in range(5))
     torch.testing.assert_close(OuterProduct(embedding_dim=4)(g), naive.flatten(1))
+
+
+# --- CIN (xDeepFM) and the residual unit (DeepCrossing) ---------------------------------------------
+
+
+def _cin_golden(split_half: bool, second: list[float]) -> Tensor:
+    # One field, D = 1, X^0 = a = 2. Layer 1, two maps with W^{1,1} = 1, W^{1,2} = 3: X^1 = (a^2, 3 a^2) = (4, 12).
+    cin = CIN(num_fields=1, layer_sizes=[2, 1], split_half=split_half)
+    with torch.no_grad():
+        cin.W[0].copy_(torch.tensor([1.0, 3.0]).view(2, 1, 1))
+        cin.W[1].copy_(torch.tensor(second).view(1, -1, 1))
+    return cin(torch.tensor([[[2.0]]]))
+
+
+def test_cin_split_half_golden() -> None:
+    # split-half: map 1 (4) goes on, map 2 (12) is pooled; layer 2 (W = 5): X^2 = 5 * 4 * a = 40
+    assert _cin_golden(True, [5.0]).tolist() == [[12.0, 40.0]]
+
+
+def test_cin_direct_golden() -> None:
+    # direct: both maps pooled and both go on; layer 2 (W = (5, 7)): X^2 = (5 * 4 + 7 * 12) * a = 208
+    assert _cin_golden(False, [5.0, 7.0]).tolist() == [[4.0, 12.0, 208.0]]
+
+
+@pytest.mark.parametrize(("split_half", "width"), [(True, 6 // 2 + 4 // 2 + 3), (False, 6 + 4 + 3)])
+def test_cin_output_width(split_half: bool, width: int) -> None:
+    # split-half: sum_{k<T} H_k / 2 + H_T; direct: sum_k H_k. Next-layer filters read H_{k-1} / 2 maps.
+    cin = CIN(num_fields=F, layer_sizes=[6, 4, 3], split_half=split_half)
+    assert cin.output_dim == width and cin(torch.randn(5, F, D)).shape == (5, width)
+    assert [tuple(W.shape) for W in cin.W] == ([(6, F, F), (4, 3, F), (3, 2, F)] if split_half
+                                               else [(6, F, F), (4, 6, F), (3, 4, F)])
+
+
+def test_cin_first_layer_is_a_weighted_sum_of_pairwise_hadamard_products() -> None:
+    # X^1_h = sum_ij W_hij (e_i ∘ e_j): with W_h = 1 only at (i, j) = (0, 2), p^1_h = <e_0, e_2>
+    cin = CIN(num_fields=3, layer_sizes=[1])
+    with torch.no_grad():
+        cin.W[0].zero_()
+        cin.W[0][0, 0, 2] = 1.0
+    e = torch.tensor([[[1.0, 2.0], [5.0, 5.0], [3.0, -1.0]]])
+    assert cin(e).tolist() == [[1.0]]  # 1 * 3 + 2 * (-1)
+
+
+def test_cin_rejects_odd_split_sizes() -> None:
+    with pytest.raises(ValueError, match="even sizes for every layer but the last"):
+        CIN(num_fields=3, layer_sizes=[5, 3], split_half=True)
+    CIN(num_fields=3, layer_sizes=[5, 3], split_half=False)  # direct takes any size
+    with pytest.raises(ConfigError, match="model.cin_split_half needs an even model.cin_layers"):
+        build_model("xdeepfm", layout=LAYOUT, config=replace(CONFIG, cin_layers=(5, 3), cin_split_half=True))
+
+
+def test_residual_unit_with_zero_weights_is_relu() -> None:
+    unit = ResidualUnit(dim=3, hidden=2)
+    with torch.no_grad():
+        for W in (unit.W0, unit.W1):
+            W.weight.zero_()
+            W.bias.zero_()
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    assert unit(x).tolist() == [[1.0, 0.0, 0.5]]  # ReLU(x + 0)
+    with torch.no_grad():
+        unit.W1.bias.copy_(torch.tensor([-2.0, 3.0, 0.0]))
+    assert unit(x).tolist() == [[0.0, 1.0, 0.5]]  # ReLU(x + b_1)
+
+
+def test_residual_unit_golden() -> None:
+    # x = (1, 2), W_0 = [[1, -1], [1, 1]], b_0 = 0: relu(-1, 3) = (0, 3); W_1 = [[1, 1], [0, -1]], b_1 = (0, 1):
+    # F(x) = (3, -2); ReLU(x + F) = ReLU(4, 0) = (4, 0)
+    unit = ResidualUnit(dim=2, hidden=2)
+    with torch.no_grad():
+        unit.W0.weight.copy_(torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+        unit.W0.bias.zero_()
+        unit.W1.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, -1.0]]))
+        unit.W1.bias.copy_(torch.tensor([0.0, 1.0]))
+    assert unit(torch.tensor([[1.0, 2.0]])).tolist() == [[4.0, 0.0]]
 
 
 # --- SENet / BilinearInteraction (FiBiNET) ---------------------------------------------------------
@@ -350,6 +433,84 @@ def test_pnn_both_products_concatenate() -> None:
     assert model(_batch(3)).shape == (3,)
 
 
+def test_pnn_star_outer_signal_is_symmetric_rank_one() -> None:
+    # The registered PNN* (ICDM'16 outer product): the last M^2 inputs of its first layer are f_Σ f_Σ^T.
+    model = build_model("pnn", layout=LAYOUT, config=CONFIG)
+    seen: list[Tensor] = []
+    model.tower.layers[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    batch = _batch(3)
+    model(batch)
+    assert seen[0].shape == (3, F * D + P + D * D)
+    outer = seen[0][:, F * D + P:].view(3, D, D)
+    torch.testing.assert_close(outer, outer.transpose(1, 2))
+    sv = torch.linalg.svdvals(outer)  # (3, D): rank 1, so only the first is non-zero (float32 rounding)
+    assert (sv[:, 0] > 0).all() and (sv[:, 1:] <= 1e-5 * sv[:, :1]).all()
+    f_sum = model.embedding(batch).sum(dim=1)  # (3, D)
+    torch.testing.assert_close(outer, f_sum.unsqueeze(2) * f_sum.unsqueeze(1))
+    emb = model.embedding(batch)  # ... and the inner products in between, as in IPNN
+    inner = torch.stack([(emb[:, i] * emb[:, j]).sum(-1) for i in range(F) for j in range(i + 1, F)], dim=1)
+    torch.testing.assert_close(seen[0][:, F * D:F * D + P], inner)
+
+
+def test_deepcrossing_layer_factory_builds_both_layers_of_every_unit(counting_layer) -> None:
+    factory, calls, conds = counting_layer
+    model = build_model("deepcrossing", layout=LAYOUT, config=DC, layer=factory)
+    assert calls == [(F * D, 8), (8, F * D), (F * D, 4), (4, F * D)]  # W_0, W_1 per unit
+    assert isinstance(model.score, Linear) and model.score.in_features == F * D  # static scoring layer
+    model(_batch(2))
+    assert conds == [None] * 4
+
+
+def test_deepcrossing_condition_reaches_every_unit_layer() -> None:
+    seen: list[Tensor | None] = []
+
+    class Recording(Linear):
+        def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+            seen.append(cond)
+            return super().forward(x)
+
+    model = build_model("deepcrossing", layout=LAYOUT, config=DC, layer=Recording)
+    model.condition = lambda batch, emb: emb[:, 0]  # a stand-in condition: the first field (B, D)
+    model(_batch(3))
+    assert len(seen) == 4 and all(c is not None and c.shape == (3, D) for c in seen)
+
+
+def test_deepcrossing_with_zero_units_is_linear_in_the_embeddings() -> None:
+    # Every unit with zero weights and biases is ReLU: the model is then score(ReLU(x)).
+    model = build_model("deepcrossing", layout=LAYOUT, config=DC)
+    with torch.no_grad():
+        for unit in model.units:
+            for W in (unit.W0, unit.W1):
+                W.weight.zero_()
+                W.bias.zero_()
+    batch = _batch(4)
+    x = torch.relu(model.embedding(batch).flatten(1))
+    torch.testing.assert_close(model(batch), model.score(x).squeeze(-1))
+
+
+def test_xdeepfm_is_linear_plus_cin_plus_dnn() -> None:
+    model = build_model("xdeepfm", layout=LAYOUT, config=XD)
+    assert model.cin.output_dim == 4 // 2 + 2 and model.cin_out.bias is None
+    batch = _batch(4)
+    emb = model.embedding(batch)
+    parts = (model.first_order(batch) + model.cin_out(model.cin(emb)) + model.tower(emb.flatten(1))).squeeze(-1)
+    torch.testing.assert_close(model(batch), parts)
+
+
+@pytest.mark.parametrize(("name", "cfg", "part", "n_apg"), [
+    ("deepcrossing", DC, "units", 4),  # W_0 and W_1 of both units
+    ("xdeepfm", XD, "tower", 2),  # the DNN's two hidden layers; the CIN filters stay static
+    ("pnn", CONFIG, "tower", 2),
+])
+def test_new_models_take_apg_in_their_deep_part(name: str, cfg: ModelConfig, part: str, n_apg: int) -> None:
+    model = build_model(name, layout=LAYOUT, config=replace(cfg, tower_layer=TowerLayer.APG))
+    apg = [n for n, m in model.named_modules() if isinstance(m, APGLinear)]
+    assert len(apg) == n_apg and all(n.startswith(part + ".") for n in apg)
+    assert model.condition is not None and model(_batch(3)).shape == (3,)
+    served = model.for_inference()
+    torch.testing.assert_close(served(_batch(3)), model(_batch(3)), atol=1e-6, rtol=1e-5)
+
+
 def test_ipnn_first_layer_sees_z_and_the_inner_products() -> None:
     # The first layer's input is [vec(z); <f_i, f_j>]: record it with a hook and compare.
     model = build_model("ipnn", layout=LAYOUT, config=CONFIG)
@@ -423,7 +584,9 @@ FAST = ["--set", "model.hidden=[16]", "--set", "model.attention_dim=4", "--set",
 
 @pytest.mark.parametrize(("name", "extra"), [
     ("ipnn", []), ("opnn", []), ("fibinet", ["--set", "model.bilinear_type=field_each"]), ("difm", []),
-    ("dcn", []), ("autoint", []), ("autoint", ["--set", "model.autoint_plus=true"]),
+    ("dcn", []), ("autoint", []), ("autoint", ["--set", "model.autoint_plus=true"]), ("pnn", []),
+    ("deepcrossing", ["--set", "model.residual_units=[16]"]),
+    ("xdeepfm", ["--set", "model.cin_layers=[4,2]", "--set", "model.cin_split_half=true"]),
 ])
 def test_cli_trains_each_model(world_data, tmp_path, name: str, extra: list[str]) -> None:
     run = tmp_path / "run"

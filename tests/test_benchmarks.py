@@ -49,3 +49,38 @@ def test_apg_cost_table5_group_wise_on_a_chosen_tower(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| [")]
     assert [r.split(" |")[0] for r in rows] == ["| [4, 3]", "| [5, 2]"]
     assert all(r.count(" - ") == 2 for r in rows)  # v3 skipped: no time, no memory
+
+
+def test_dynint_tables_sweeps_and_figures_run_end_to_end(world_data, tmp_path, capsys):
+    import dynint
+
+    tiny = [x for s in TINY for x in ("--set", s)]
+    assert dynint.main(["table1", "--data", str(world_data), "--models", "xdeepint,dynint_dgp", "--seeds", "1",
+                        *tiny, "--cache", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "| dynint_dgp |" in out and "| 0.8127 | 0.4397 |" in out  # beside the paper's Criteo figures
+    assert dynint.main(["sweep", "--data", str(world_data), "--seeds", "1", *tiny, "--models", "dynint_da",
+                        "--key", "model.pin.layers", "--values", "0,2", "--cache", str(tmp_path / "c")]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| 0 |", "| 2 |"))]
+    assert len(rows) == 2 and rows[0].endswith("| - |")  # depth 0 has no dynamic layer: no adaptivity
+    assert dynint.main(["table2", "--data", str(world_data), "--models", "dcnv2", "--seeds", "1", *tiny]) == 0
+    assert "`dcnv2` model.hidden=[]" in capsys.readouterr().out
+    assert dynint.main(["memory", "--batch", "16", "--fields", "6", "--dim", "4", "--subspaces", "2"]) == 0
+    assert "| DGP (K=1) |" in capsys.readouterr().out
+    assert dynint.main(["throughput", "--batch", "32", "--steps", "1", "--rounds", "1",
+                        "--models", "dcnv2,dynint_dwp"]) == 0
+    assert "| dynint_dwp |" in capsys.readouterr().out
+
+
+def test_dynint_fig4_reads_the_pin_weights_of_a_run(world_data, tmp_path, capsys):
+    import dynint
+
+    from adactr.config import override, parse_sets
+    from adactr.train.config import RunConfig
+    from adactr.train.run import train_run
+
+    cfg = override(RunConfig(), parse_sets([*TINY, "train.progress=false", "model.pin.layers=2"]))
+    train_run(data=world_data, model_name="xdeepint", out=tmp_path / "run", config=cfg)
+    assert dynint.main(["fig4", "--run", str(tmp_path / "run"), "--png", str(tmp_path / "f4.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| pin.layers.1.W |" in out and (tmp_path / "f4.png").stat().st_size > 1000

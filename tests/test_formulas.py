@@ -32,6 +32,7 @@ from adactr.models.registry import MODELS, build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
 from adactr.nn.embedding import FieldEmbedding
 from adactr.nn.interaction import BilinearType
+from adactr.nn.pin import PINConfig
 
 # Fields, in the order of the (B, F, D) output: a, b, c categorical (3, 5, 4 values), x numerical,
 # s (mean-pooled, 6 values) and t (sum-pooled, 3 values) multi-valued.
@@ -298,10 +299,83 @@ def ref_difm(model, batch, b):  # Lu et al.: m_x = m_vec + m_bit re-weights the 
     return linear_part + fm([scale(mi, ei) for mi, ei in zip(m, e, strict=True)])
 
 
+def ref_pnn(model, batch, b):  # Qu et al. PNN*: z, p_ij = <f_i, f_j> and f_Σ f_Σ^T all feed the first layer
+    e = fields(model.embedding, batch, b)
+    f_sum = add(*e)
+    inner = [dot(e[i], e[j]) for i, j in pairs(F)]
+    outer = [f_sum[r] * f_sum[c] for r in range(D) for c in range(D)]
+    return mlp(model.tower, flat(e) + inner + outer)[0]
+
+
+def ref_deepcrossing(model, batch, b):  # Shan et al.: stacked x, units relu(x + W_1 relu(W_0 x + b_0) + b_1)
+    x = flat(fields(model.embedding, batch, b))
+    for unit in model.units:
+        x = relu(add(x, linear(unit.W1, relu(linear(unit.W0, x)))))
+    return linear(model.score, x)[0]
+
+
+def _cin(cin, e: list[Vec]) -> Vec:
+    """xDeepFM eqs. 6-7 as loops: X^k_h = sum_i sum_j W^{k,h}_ij (X^{k-1}_i ∘ X^0_j), p^k_h = sum_d X^k_{h,d};
+    split-half: maps [0, H/2) go on, [H/2, H) are pooled (the last layer's are all pooled)."""
+    x, p, n = e, [], len(cin.W)
+    for k, Wk in enumerate(cin.W):
+        W = _t(Wk)  # (H_k, H_{k-1}, m)
+        xk = [[sum(W[h][i][j] * x[i][c] * e[j][c] for i in range(len(x)) for j in range(len(e)))
+               for c in range(len(e[0]))] for h in range(len(W))]
+        half = len(xk) // 2
+        split = cin.split_half and k < n - 1
+        p += [sum(row) for row in (xk[half:] if split else xk)]
+        x = xk[:half] if split else xk
+    return p
+
+
+def ref_xdeepfm(model, batch, b):  # Lian et al. eq. 9: linear + w_cin^T p^+ + DNN
+    e = fields(model.embedding, batch, b)
+    cin = dot(_t(model.cin_out.weight)[0], _cin(model.cin, e))
+    return first_order(model.first_order, batch, b) + cin + mlp(model.tower, flat(e))[0]
+
+
+def _generator(net, z: Vec) -> Vec:
+    """DynInt's two-layer generator net on the layer-normalised, flattened X_0."""
+    return linear(net.out, relu(linear(net.hidden, _layer_norm(z, net.norm.eps))))
+
+
+def ref_pin(model, batch, b):  # Yan & Li: PIN layers eqs. 3 (static), 4 (DA), 5/7/8 (DGP), 6/9/10 (DWP), output eq. 2
+    e = fields(model.embedding, batch, b)
+    h = model.pin.h
+    n_f, d = len(e), len(e[0]) // h
+    X0 = [e[f][k * d:(k + 1) * d] for k in range(h) for f in range(n_f)]  # row k F + f: block k of field f
+    R = len(X0)
+    z = flat(X0)
+    X = X0
+    for layer in model.pin.layers:
+        kind = type(layer).__name__
+        if kind == "LowRankPINLayer":  # W_i = U diag(1 + net(X_0)) V^T
+            U, V = _t(layer.U), _t(layer.V)
+            sigma = [1.0 + o for o in _generator(layer.sigma_net, z)]
+            W = [[sum(U[r][k] * sigma[k] * V[s][k] for k in range(len(sigma))) for s in range(R)] for r in range(R)]
+        elif kind == "WeightedPINLayer":  # (G ∘ W), G = Σ_p u_p v_p^T, u, v = net(X_0) + 1/sqrt(K)
+            K = layer.K
+            o = [a + 1 / math.sqrt(K) for a in _generator(layer.uv_net, z)]
+            u, v = [o[p * R:(p + 1) * R] for p in range(K)], [o[(K + p) * R:(K + p + 1) * R] for p in range(K)]
+            W = [[sum(u[p][r] * v[p][s] for p in range(K)) * w for s, w in enumerate(row)]
+                 for r, row in enumerate(_t(layer.W))]
+        else:
+            W = _t(layer.W)
+        M = [[sum(W[r][s] * X0[s][c] for s in range(R)) for c in range(d)] for r in range(R)]  # W X_0
+        gate = ([2 / (1 + math.exp(-o)) for o in _generator(layer.gate_net, z)] if kind == "GatedPINLayer"
+                else [1.0] * R)
+        X = [[X[r][c] * M[r][c] * gate[r] + X[r][c] for c in range(d)] for r in range(R)]
+    XL = [sum((X[k * n_f + f] for k in range(h)), []) for f in range(n_f)]  # fields back, (F, D)
+    return _t(model.out.bias)[0] + sum(w * sum(x) for w, x in zip(_t(model.out.weight)[0], XL, strict=True))
+
+
 REFERENCES: dict[str, Callable] = {
+    "pnn": ref_pnn, "deepcrossing": ref_deepcrossing, "xdeepfm": ref_xdeepfm,
     "lr": ref_lr, "fm": ref_fm, "dnn": ref_dnn, "wdl": ref_wdl, "deepfm": ref_deepfm, "dcnv2": ref_dcnv2,
     "ipnn": ref_ipnn, "opnn": ref_opnn, "fibinet": ref_fibinet, "difm": ref_difm, "dcn": ref_dcn,
-    "autoint": ref_autoint,
+    "autoint": ref_autoint, "xdeepint": ref_pin, "dynint_da": ref_pin, "dynint_dgp": ref_pin,
+    "dynint_dwp": ref_pin,
 }
 
 
@@ -350,6 +424,20 @@ def test_fibinet_bilinear_types_equal_the_formula(kind: BilinearType) -> None:
 def test_autoint_plus_equals_the_formula() -> None:
     cfg = replace(CONFIG, autoint_plus=True)
     _check(_randomised(build_model("autoint", layout=LAYOUT, config=cfg)), ref_autoint)
+
+
+@pytest.mark.parametrize("split_half", [False, True])
+def test_xdeepfm_cin_split_half_and_direct_equal_the_formula(split_half: bool) -> None:
+    # three CIN layers so that layer 2 and 3 read a split (or whole) X^{k-1}; 4 and 6 even for split-half
+    cfg = replace(CONFIG, cin_layers=(4, 6, 3), cin_split_half=split_half)
+    model = _randomised(build_model("xdeepfm", layout=LAYOUT, config=cfg), scale=0.3)
+    assert model.cin.output_dim == (2 + 3 + 3 if split_half else 4 + 6 + 3)
+    _check(model, ref_xdeepfm)
+
+
+def test_deepcrossing_units_equal_the_formula() -> None:
+    cfg = replace(CONFIG, residual_units=(7, 5))
+    _check(_randomised(build_model("deepcrossing", layout=LAYOUT, config=cfg)), ref_deepcrossing)
 
 
 def test_embedding_layout_against_hand_computed_rows() -> None:
@@ -440,3 +528,12 @@ def test_collapse_carries_a_nonzero_static_bias() -> None:
     x = torch.randn(B, layer.in_features, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(served(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+# ---- the PIN block's sub-spaces and depth -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["xdeepint", "dynint_da", "dynint_dgp", "dynint_dwp"])
+@pytest.mark.parametrize(("layers", "subspaces"), [(0, 1), (1, 3), (3, 3)])
+def test_pin_models_with_subspaces_and_depths_equal_the_formula(name: str, layers: int, subspaces: int) -> None:
+    cfg = replace(CONFIG, pin=PINConfig(layers=layers, subspaces=subspaces, dgp_rank=4, dwp_rank=3))
+    _check(_randomised(build_model(name, layout=LAYOUT, config=cfg), scale=0.3), ref_pin)

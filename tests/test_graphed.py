@@ -21,7 +21,7 @@ from adactr.models.registry import MODELS, build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
 from adactr.train.config import EarlyStopping, Optimizer, TrainConfig
 from adactr.train.graphed import EagerReplay, GraphedStep
-from adactr.train.trainer import Trainer
+from adactr.train.trainer import Trainer, training_loss
 
 
 def _fit(world, cfg: TrainConfig, backend=None):
@@ -180,12 +180,8 @@ _CASES = [(name, _CFG) for name in MODELS] + [(name, replace(_CFG, autoint_plus=
 
 
 def _forward_backward(model, batch: Batch) -> None:
-    """The differentiated part of the trainer's step: loss (plus any auxiliary loss), backward."""
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.label)
-    aux = getattr(model, "auxiliary_loss", None)
-    if aux is not None:
-        loss = loss + aux()
-    loss.backward()
+    """The differentiated part of the trainer's step: loss (with the model's penalties), backward."""
+    training_loss(model, batch).backward()
 
 
 @pytest.mark.parametrize(("name", "config"), _CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(_CASES)])

@@ -72,7 +72,8 @@ def test_gradients_reach_embedding_and_dense(name: str) -> None:
 def test_embedding_tables_can_take_a_sparse_optimiser(name: str) -> None:
     # The numerical fields' vectors have a dense gradient, so they must not be among the tables.
     model = build_model(name, layout=LAYOUT, config=CONFIG)
-    n_tables = 2 if name in ("fm", "wdl", "deepfm", "fibinet", "difm") else 1  # D-dim table (+ first-order table)
+    # the D-dim table, and the first-order table of the models with a linear part
+    n_tables = 2 if name in ("fm", "wdl", "deepfm", "fibinet", "difm", "xdeepfm") else 1
     tables = list(model.embedding_parameters())
     assert len(tables) == n_tables and all(p.shape[0] == sum(LAYOUT.cat_sizes) + 6 for p in tables)
     for m in model.modules():
@@ -148,8 +149,8 @@ def test_dcnv2_stacked_and_parallel(rank: int) -> None:
 
 def test_unknown_model_error_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError) as e:
-        build_model("xdeepfm", layout=LAYOUT, config=CONFIG)
-    assert str(e.value) == f"unknown model 'xdeepfm'; valid models are: {', '.join(MODELS)}"
+        build_model("deepfm2", layout=LAYOUT, config=CONFIG)
+    assert str(e.value) == f"unknown model 'deepfm2'; valid models are: {', '.join(MODELS)}"
     assert "deepfm" in str(e.value)
 
 

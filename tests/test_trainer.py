@@ -395,8 +395,11 @@ def test_each_model_trains_with_its_own_defaults(tmp_path):
         assert [g["lr"] for o in opts for g in o.param_groups] == [lr] * len(opts)
     fit, _ = _fit("lr", _cfg(epochs=1, lr=0.003, embedding_l2=0.5), data)
     assert fit.history[0]["lr"] == 0.003 and fit.early_stopping["embedding_l2"] == 0.5
-    explicit = RunConfig(train=_cfg(lr=0.003, embedding_l2=0.0))
+    explicit = RunConfig(model=ModelConfig(embedding_init_std=0.01), train=_cfg(lr=0.003, embedding_l2=0.0))
     assert resolve(explicit, "deepfm") == explicit
+    # the embedding initialisation: 1e-4 (FuxiCTR) but 1/sqrt(D) for the PIN models (official xDeepInt)
+    assert resolve(RunConfig(), "deepfm").model.embedding_init_std == 1e-4
+    assert resolve(RunConfig(model=ModelConfig(embedding_dim=16)), "xdeepint").model.embedding_init_std == 0.25
     # sparse_adam embeddings cannot take an L2: the default gives them none (an explicit one is an error)
     sparse = resolve(RunConfig(train=_cfg(embedding_optimizer=Optimizer.SPARSE_ADAM)), "deepfm").train
     assert sparse.embedding_l2 == 0.0

@@ -8,6 +8,7 @@ from enum import Enum
 from adactr.nn.apg import APGConfig
 from adactr.nn.interaction import BilinearType
 from adactr.nn.mlp import Activation
+from adactr.nn.pin import PINConfig
 
 
 class CrossStructure(str, Enum):
@@ -25,7 +26,9 @@ class TowerLayer(str, Enum):
 @dataclass(frozen=True)
 class ModelConfig:
     embedding_dim: int = 10  # BARS Frappe/Criteo setting used by the baselines we compare to
-    embedding_init_std: float = 1e-4  # FuxiCTR / DeepCTR initialisation; larger values train worse
+    # None = the model's own (adactr.models.registry.EmbeddingInit): 1e-4, the FuxiCTR / DeepCTR value, for
+    # every model but the PIN ones, which use 1/sqrt(D) (see registry.py). A run records the value it used.
+    embedding_init_std: float | None = None
     hidden: tuple[int, ...] = (400, 400, 400)  # BARS DNN tower
     activation: Activation = Activation.RELU
     dropout: float = 0.0
@@ -43,10 +46,22 @@ class ModelConfig:
     attention_dim: int = 32  # d' per head: AutoInt paper (authors' script: 64 = 2 heads x 32)
     attention_layers: int = 3  # interacting layers: AutoInt paper (--blocks 3); DIFM always uses one
     autoint_plus: bool = False  # AutoInt+: a parallel MLP tower, logits summed (as in the authors' code)
+    # DeepCrossing (Shan et al., KDD 2016): the hidden width h of each residual unit d -> h -> d. No BARS
+    # Frappe/MovieLens run exists; three units of 400 match the depth and width of the BARS DNN tower
+    # (``hidden``) the other baselines use (FuxiCTR's default is [64]*3, BARS Criteo_x4 [1000, 1000]).
+    residual_units: tuple[int, ...] = (400, 400, 400)
+    # xDeepFM (Lian et al., KDD 2018): CIN feature maps per layer H_k. BARS xDeepFM_frappe_x1 and
+    # xDeepFM_avazu_x1 use one layer of 64 (the paper tunes 100-200 maps per layer per dataset).
+    cin_layers: tuple[int, ...] = (64,)
+    # False: every map feeds the next layer and the output (the paper's eqs. 6-7, FuxiCTR/BARS); True:
+    # half to the next layer, half to the output (the authors' released code, DeepCTR). Equal for one layer.
+    cin_split_half: bool = False
     # Tower layers: static, or instance-adaptive (APG: every hidden layer of the tower, as in the paper's
     # Table 2, where APG replaces the deep layers of each backbone)
     tower_layer: TowerLayer = TowerLayer.LINEAR
     apg: APGConfig = field(default_factory=APGConfig)
+    # xDeepInt / DynInt (Yan & Li, DLP-KDD 2022): the PIN block's depth, sub-spaces and dynamic form
+    pin: PINConfig = field(default_factory=PINConfig)
     # Beyond the APG paper: build the DCN / DCNv2 cross layers' weights with the tower's layer factory too
     # (with tower_layer=apg: W_l of eq. 1 in DCNv2 / w_l of eq. 3 in DCN generated per instance).
     # DCNv2 needs the full-rank cross (cross_rank=0) for this.

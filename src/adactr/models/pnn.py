@@ -14,8 +14,17 @@ drops in) holds ``W_z``, ``W_p`` and ``b_1``. This is how the authors' released 
     IPNN: p_{i,j} = <f_i, f_j>, i < j                   P = N(N-1)/2    (Sec. III-B)
     OPNN: p = f_Σ f_Σ^T, f_Σ = sum_i f_i (superposition)  P = M^2         (Sec. III-C)
 
-:class:`PNN` takes the product block by composition (``product=``); :class:`IPNN` and :class:`OPNN` are the
-two registered choices. ``Product.BOTH`` concatenates the two signals (the paper's PNN*).
+:class:`PNN` takes the product block by composition (``product=``); :class:`IPNN`, :class:`OPNN` and
+:class:`PNNStar` are the three registered choices. ``Product.BOTH`` concatenates the two signals: the
+paper's PNN* (evaluated beside IPNN and OPNN in its experiments), ``p = [p_inner; p_outer]``.
+
+Which outer product: the sum-pooled ``f_Σ f_Σ^T`` of this ICDM'16 paper (Sec. III-C), which defines PNN*,
+and the one in the authors' code of that time (``Atomu2014/product-nets`` ``PNN2``, commit 015a27bb).
+DynInt (Yan & Li, DLP-KDD 2022) cites this paper and the TOIS version (Qu et al., 2018) for its "PNN (with
+both inner product layer and outer product layer)" row without saying which outer product it ran. The
+TOIS kernel product ``f_i^T W f_j`` per pair (the authors' code after commit 1c689368) is not used here:
+the DynInt authors' own LightCTR ``PNN`` freezes that kernel at the identity, where the "outer" signal
+equals the inner one and PNN* adds nothing to IPNN.
 """
 
 from __future__ import annotations
@@ -74,3 +83,12 @@ class OPNN(PNN):
 
     def __init__(self, *, layout: FieldLayout, config: ModelConfig, layer: LayerFactory = Linear) -> None:
         super().__init__(layout=layout, config=config, layer=layer, product=Product.OUTER)
+
+
+class PNNStar(PNN):
+    """PNN* (Qu et al., ICDM 2016, the PNN* of its experiments): the inner products and the sum-pooled outer product
+    ``f_Σ f_Σ^T`` (not the TOIS kernel product; see the module docstring) both feed the first layer.
+    Its input is ``[vec(z); p_inner (N(N-1)/2); vec(f_Σ f_Σ^T) (M^2)]``."""
+
+    def __init__(self, *, layout: FieldLayout, config: ModelConfig, layer: LayerFactory = Linear) -> None:
+        super().__init__(layout=layout, config=config, layer=layer, product=Product.BOTH)

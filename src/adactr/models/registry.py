@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Protocol
 
 from torch import nn
@@ -14,14 +16,17 @@ from adactr.models.base import CTRModel
 from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.dcn import DCN
 from adactr.models.dcnv2 import DCNv2
+from adactr.models.deepcrossing import DeepCrossing
 from adactr.models.deepfm import DeepFM
 from adactr.models.difm import DIFM
 from adactr.models.dnn import DNN
 from adactr.models.fibinet import FiBiNET
 from adactr.models.fm import FM
 from adactr.models.lr import LR
-from adactr.models.pnn import IPNN, OPNN
+from adactr.models.pnn import IPNN, OPNN, PNNStar
 from adactr.models.wdl import WideDeep
+from adactr.models.xdeepfm import XDeepFM
+from adactr.models.xdeepint import DynIntDA, DynIntDGP, DynIntDWP, XDeepInt
 from adactr.nn.apg import APGCondition, APGLinear, apg_layer_factory
 from adactr.nn.mlp import LayerFactory, Linear
 
@@ -57,6 +62,27 @@ DEEP = TrainDefaults()
 # takes the 1e-4 of its README row.
 LR_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=0.0)
 FM_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=1e-4)
+# xDeepInt / DynInt: like FM, every interaction is a product of embeddings, which start at 1e-4 and move at
+# most ~lr per Adam step. Frappe_x1, xDeepInt, seed 1, test AUC: lr 1e-3 0.9244 (stopped at epoch 4 while
+# still near LR), 1e-2 0.9810; at 1e-2 with embedding L2 1e-4: 0.9785 (`python benchmarks/dynint.py`). The
+# paper trains its PIN layers with FTRL at lr 1e-2..1e-1 (§4.1.4).
+PIN_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=1e-3)
+
+
+class EmbeddingInit(str, Enum):
+    """A model's default for ``model.embedding_init_std`` (the standard deviation of its embedding rows)."""
+
+    # FuxiCTR / DeepCTR: every model whose interactions pass through a tower or an FM-style sum
+    SMALL = "1e-4"
+    # 1/sqrt(D): TF's embedding_column default, which the official xDeepInt code uses. A PIN model is a
+    # polynomial in the embeddings, so at 1e-4 every interaction starts at ~1e-8: Frappe_x1 training then
+    # sits at logistic-regression loss for ~250 steps before the interactions move, and DynInt-DA's gates
+    # saturate at 0 or 2 in that time (seed 1, test AUC: DA 0.9410 at 1e-4, 0.9810 at 0.3;
+    # xDeepInt 0.9810 / 0.9802).
+    INV_SQRT_DIM = "1/sqrt(D)"
+
+    def std(self, dim: int) -> float:
+        return 1e-4 if self is EmbeddingInit.SMALL else 1.0 / math.sqrt(dim)
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,7 @@ class ModelEntry:
     cls: ModelClass
     paper: str
     train: TrainDefaults = DEEP  # its defaults for train.lr and train.embedding_l2 (a run's own values win)
+    embedding_init: EmbeddingInit = EmbeddingInit.SMALL  # its default for model.embedding_init_std
 
 
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
@@ -79,13 +106,31 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                              "ICDM 2016"),
     ModelEntry("opnn", OPNN, "Qu et al., Product-based Neural Networks for User Response Prediction (OPNN), "
                              "ICDM 2016"),
+    # PNN* with the ICDM'16 sum-pooled outer product f_Σ f_Σ^T, not the TOIS kernel product (which the
+    # DynInt authors' LightCTR freezes at the identity, making it the inner product again): models/pnn.py
+    ModelEntry("pnn", PNNStar, "Qu et al., Product-based Neural Networks for User Response Prediction (PNN*: "
+                               "inner and sum-pooled outer products), ICDM 2016"),
     ModelEntry("fibinet", FiBiNET, "Huang et al., FiBiNET: Combining Feature Importance and Bilinear feature "
                                    "Interaction for Click-Through Rate Prediction, RecSys 2019"),
     ModelEntry("difm", DIFM, "Lu et al., A Dual Input-aware Factorization Machine for CTR Prediction, "
                              "IJCAI 2020"),
     ModelEntry("dcn", DCN, "Wang et al., Deep & Cross Network for Ad Click Predictions, ADKDD 2017"),
+    ModelEntry("xdeepint", XDeepInt, "Yan & Li, xDeepInt: a Hybrid Architecture for Modeling the Vector-wise "
+                                     "and Bit-wise Feature Interactions, arXiv 2301.01089 (DLP-KDD 2020)",
+               train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
+    ModelEntry("dynint_da", DynIntDA, "Yan & Li, DynInt: Dynamic Interaction Modeling for Large-scale "
+                                      "Click-Through Rate Prediction, DLP-KDD 2022 (dynamic activation, eq. 4)",
+               train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
+    ModelEntry("dynint_dgp", DynIntDGP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic generated parameters, "
+                                        "eqs. 5, 7, 8)", train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
+    ModelEntry("dynint_dwp", DynIntDWP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic weighted parameters, "
+                                        "eqs. 6, 9, 10)", train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
     ModelEntry("autoint", AutoInt, "Song et al., AutoInt: Automatic Feature Interaction Learning via "
                                    "Self-Attentive Neural Networks, CIKM 2019 (AutoInt+: autoint_plus)"),
+    ModelEntry("deepcrossing", DeepCrossing, "Shan et al., Deep Crossing: Web-Scale Modeling without Manually "
+                                             "Crafted Combinatorial Features, KDD 2016"),
+    ModelEntry("xdeepfm", XDeepFM, "Lian et al., xDeepFM: Combining Explicit and Implicit Feature Interactions "
+                                   "for Recommender Systems, KDD 2018 (CIN direct or cin_split_half)"),
 )}
 
 
@@ -107,12 +152,22 @@ def train_defaults_for(model: nn.Module) -> TrainDefaults:
     return DEEP
 
 
-def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
-                layer: LayerFactory = Linear) -> CTRModel:
-    """The registered model ``name`` for ``layout``; ``layer`` builds every hidden layer of its tower."""
+def resolve_model_config(name: str, config: ModelConfig) -> ModelConfig:
+    """``config`` with the settings it leaves unset (None) taken from the registered model ``name``
+    (``model.embedding_init_std``)."""
     entry = MODELS.get(name)
     if entry is None:
         raise ConfigError(f"unknown model {name!r}; valid models are: {', '.join(MODELS)}")
+    if config.embedding_init_std is None:
+        config = replace(config, embedding_init_std=entry.embedding_init.std(config.embedding_dim))
+    return config
+
+
+def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
+                layer: LayerFactory = Linear) -> CTRModel:
+    """The registered model ``name`` for ``layout``; ``layer`` builds every hidden layer of its tower."""
+    config = resolve_model_config(name, config)
+    entry = MODELS[name]
     if config.tower_layer is TowerLayer.LINEAR:
         return entry.cls(layout=layout, config=config, layer=layer)
     # APG (Yan et al., NeurIPS 2022) by composition: the condition builder goes into the model's condition

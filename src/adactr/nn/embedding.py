@@ -47,8 +47,9 @@ class _GatherRows(torch.autograd.Function):
 class FieldEmbedding(nn.Module):
     """Maps a :class:`Batch` to field embeddings of shape (B, F, D)."""
 
-    def __init__(self, *, layout: FieldLayout, dim: int, init_std: float = 1e-4) -> None:
+    def __init__(self, *, layout: FieldLayout, dim: int, init_std: float | None = 1e-4) -> None:
         super().__init__()
+        init_std = 1e-4 if init_std is None else init_std  # a model built without the registry's default
         self.layout, self.dim = layout, dim
         sizes = list(layout.cat_sizes) + list(layout.seq_sizes)
         offsets = torch.tensor([0] + sizes, dtype=torch.long).cumsum(0)

@@ -16,6 +16,8 @@
   ``x_{l+1} = x_0 x_l^T w_l + b_l + x_l`` with a vector ``w_l``.
 - :class:`InnerProduct` / :class:`OuterProduct`: the product signals ``p`` of PNN (Qu et al., ICDM 2016),
   pairwise inner products (IPNN) and the sum-pooled outer product ``f_Σ f_Σ^T`` (OPNN).
+- :class:`CIN`: xDeepFM's Compressed Interaction Network (Lian et al., KDD 2018), vector-wise feature maps
+  ``X^k = W^k (X^{k-1} ⊗ X^0)``, sum-pooled, split-half or direct.
 - :class:`SENet` / :class:`BilinearInteraction`: FiBiNET (Huang et al., RecSys 2019) field re-weighting
   (squeeze, excitation, re-weight) and the bilinear interaction ``p_ij = (v_i W) ⊙ v_j``.
 - :class:`MultiHeadSelfAttention`: AutoInt's interacting layer (Song et al., CIKM 2019) over fields.
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import Enum
 
 import torch
@@ -265,6 +268,69 @@ class OuterProduct(nn.Module):
     def forward(self, emb: Tensor) -> Tensor:
         s = emb.sum(dim=1)  # (B, D): f_Σ
         return (s.unsqueeze(2) * s.unsqueeze(1)).flatten(1)  # (B, D, D) -> (B, D*D)
+
+
+class CIN(nn.Module):
+    """xDeepFM's Compressed Interaction Network (Lian et al., "xDeepFM: Combining Explicit and Implicit
+    Feature Interactions for Recommender Systems", KDD 2018, Sec. 3.2), (B, m, D) -> (B, output_dim)::
+
+        X^k_{h,*} = sum_{i=1}^{H_{k-1}} sum_{j=1}^{m} W^{k,h}_{ij} (X^{k-1}_{i,*} ∘ X^0_{j,*})     (eq. 6)
+        p^k_h = sum_{d=1}^{D} X^k_{h,d}                                                      (eq. 7)
+        p^+ = [p^1, ..., p^T]
+
+    with ``X^0`` the (m, D) field embeddings and ``W^{k,h}`` an (H_{k-1}, m) matrix per feature map h. As in
+    eq. 6 there is no bias and no activation (the authors' code defaults to the identity too; DeepCTR's
+    ReLU is its own choice). ``W[k]`` is stored as (H_k, H_{k-1}, m): ``W[k][h]`` is the paper's
+    ``W^{k,h}``. Two ways to feed the next layer:
+
+    - direct (``split_half=False``, eqs. 6-7 as written): all H_k maps go to the next layer and all are
+      pooled into ``p^k``. Output width ``sum_k H_k``.
+    - split-half (``split_half=True``, the authors' released code, Microsoft ``recommenders``
+      ``_build_CIN(direct=False)``, kept by DeepCTR): for every layer but the last, the first H_k/2 maps
+      feed the next layer and the second H_k/2 are pooled into the output; the last layer's maps are all
+      pooled. Output width ``sum_{k<T} H_k/2 + H_T``; H_k must be even for k < T.
+
+    Filters start Glorot-uniform over (H_k, H_{k-1} m), as in the authors' LightCTR ``CIN``.
+
+    >>> cin = CIN(num_fields=2, layer_sizes=[1])
+    >>> with torch.no_grad():
+    ...     _ = cin.W[0].fill_(1.0)  # X^1 = sum_i sum_j X^0_i ∘ X^0_j = f_Σ ∘ f_Σ
+    >>> cin(torch.tensor([[[1.0, 2.0], [3.0, 0.0]]])).tolist()  # f_Σ = (4, 2): p = 16 + 4
+    [[20.0]]
+    """
+
+    def __init__(self, *, num_fields: int, layer_sizes: Sequence[int], split_half: bool = False) -> None:
+        super().__init__()
+        sizes = list(layer_sizes)
+        if num_fields <= 0 or not sizes or any(h <= 0 for h in sizes):
+            raise ValueError(f"CIN needs num_fields > 0 and at least one positive layer size, "
+                             f"got {num_fields} and {sizes}")
+        if split_half and any(h % 2 for h in sizes[:-1]):
+            raise ValueError(f"CIN with split_half needs even sizes for every layer but the last, got {sizes}")
+        self.split_half = split_half
+        self.W = nn.ParameterList()
+        h_prev = num_fields  # H_0 = m
+        for k, h in enumerate(sizes):
+            w = torch.empty(h, h_prev * num_fields)
+            nn.init.xavier_uniform_(w)
+            self.W.append(nn.Parameter(w.view(h, h_prev, num_fields)))  # (H_k, H_{k-1}, m)
+            last = k == len(sizes) - 1
+            h_prev = h // 2 if split_half and not last else h
+        # maps pooled into p^+ per layer: the second half (split-half, not last) or all of them
+        self.pooled = [h - h // 2 if split_half and k < len(sizes) - 1 else h for k, h in enumerate(sizes)]
+        self.output_dim = sum(self.pooled)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        B, m, D = x0.shape
+        x = x0  # X^0: (B, m, D)
+        pooled = []
+        for W, n_out in zip(self.W, self.pooled, strict=True):
+            h_k, h_prev = W.shape[0], W.shape[1]
+            z = (x.unsqueeze(2) * x0.unsqueeze(1)).reshape(B, h_prev * m, D)  # X^{k-1}_i ∘ X^0_j: (B, H m, D)
+            xk = torch.matmul(W.reshape(h_k, h_prev * m), z)  # eq. 6: (H_k, H m) @ (B, H m, D) -> (B, H_k, D)
+            pooled.append(xk[:, h_k - n_out:].sum(dim=2))  # eq. 7 on the output maps: (B, n_out)
+            x = xk[:, :h_k - n_out] if n_out < h_k else xk  # split-half: the first half goes on
+        return torch.cat(pooled, dim=1)  # p^+: (B, output_dim)
 
 
 class SENet(nn.Module):

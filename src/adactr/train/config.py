@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from adactr.errors import ConfigError
 from adactr.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -17,6 +18,46 @@ class Optimizer(str, Enum):
     ADAGRAD = "adagrad"
     SGD = "sgd"
     SPARSE_ADAM = "sparse_adam"  # embeddings only: touches just the looked-up rows (huge vocabularies)
+    FTRL = "ftrl"  # FTRL-Proximal (McMahan 2013), learning rate train.ftrl.alpha; touches just the looked-up rows
+    GFTRL = "gftrl"  # embeddings only: GroupLasso-FTRL (DynInt), whole rows set to exactly zero
+
+
+class OptimizerPreset(str, Enum):
+    """A named optimiser strategy: sets train.optimizer and train.embedding_optimizer."""
+
+    DYNINT = "dynint"  # the DynInt / xDeepInt paper's: gftrl for the embedding tables, ftrl for every other weight
+
+
+@dataclass(frozen=True)
+class FTRLConfig:
+    """The constants of ``ftrl`` and ``gftrl`` (adactr/train/ftrl.py) for adactr's loss, the batch MEAN.
+
+    The official xDeepInt code sums the loss over the batch: its β, λ1, λ2 are B times these (batch B), its
+    α the same (the scale relation of adactr/train/ftrl.py).
+    """
+
+    # α, the learning rate of ftrl and gftrl groups (train.lr is for the other optimisers; reduce-on-plateau
+    # scales α too). 0.02: the official value for both optimisers; α does not depend on the loss scale.
+    alpha: float = 0.02
+    # β: the authors' mean-loss G-FTRL value (AdaEnsemble, 2023); the official summed-loss G-FTRL's β = 1
+    # at batch 4096 is 2.4e-4 here. Small, so that the first step keeps most of a weight's initial value.
+    beta: float = 1e-4
+    # λ1 of ftrl: the official FTRL's l1 = 0.1 on a loss summed over batches of 4096, 0.1 / 4096
+    l1: float = 2.5e-5
+    # λ2 of ftrl: the official l2 = 0.1 in TensorFlow's form (2·l2 = 0.2 in McMahan's), 0.2 / 4096
+    l2: float = 5e-5
+    # λ1 of gftrl: a row is zero while the norm of its z is at most λ1·sqrt(D). 1e-3: the authors' mean-loss
+    # value (AdaEnsemble, 2023); the official summed-loss λ1 = 10 at batch 4096 is 2.4e-3 here
+    group_l1: float = 1e-3
+    # λ2 of gftrl (it replaces train.embedding_l2): the same sources as group_l1
+    group_l2: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ConfigError(f"train.ftrl.alpha (α) must be positive, got {self.alpha}")
+        for name in ("beta", "l1", "l2", "group_l1", "group_l2"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.ftrl.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class EarlyStopping(str, Enum):
@@ -51,6 +92,10 @@ class TrainConfig:
     # Embeddings get their own optimiser group: their own L2 (the FuxiCTR "embedding_regularizer",
     # lambda/2 ||E||^2, i.e. L2 added to the gradient) and optionally a sparse optimiser.
     embedding_optimizer: Optimizer | None = None  # None = same as `optimizer`
+    # dynint: train.optimizer=ftrl and train.embedding_optimizer=gftrl, the DynInt paper's strategy (a run's
+    # config.json records the optimisers it set). None = train.optimizer and train.embedding_optimizer as given.
+    optimizer_preset: OptimizerPreset | None = None
+    ftrl: FTRLConfig = field(default_factory=FTRLConfig)  # the constants of ftrl / gftrl groups
     embedding_l2: float | None = None  # None = the model's own default (LR 0, FM 1e-4, deep models 1e-3)
     dense_l2: float = 0.0
     patience: int = 2  # evaluations without a better validation metric before stopping (BARS: 2 epochs)
@@ -95,12 +140,39 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# embedding optimisers that take no train.embedding_l2: sparse_adam cannot apply one, ftrl and gftrl have
+# their own λ2 (train.ftrl.l2 / train.ftrl.group_l2)
+_NO_EMBEDDING_L2 = (Optimizer.SPARSE_ADAM, Optimizer.FTRL, Optimizer.GFTRL)
+
+
+def with_preset(train: TrainConfig) -> TrainConfig:
+    """``train`` with ``train.optimizer_preset`` spelled out in ``train.optimizer`` and
+    ``train.embedding_optimizer`` (it overrides the default adam; another choice of either is an error).
+
+    >>> t = with_preset(TrainConfig(optimizer_preset=OptimizerPreset.DYNINT))
+    >>> t.optimizer.value, t.embedding_optimizer.value
+    ('ftrl', 'gftrl')
+    """
+    if train.optimizer_preset is None:
+        return train
+    dense, emb = Optimizer.FTRL, Optimizer.GFTRL  # OptimizerPreset.DYNINT, the only preset
+    if train.optimizer not in (Optimizer.ADAM, dense) or train.embedding_optimizer not in (None, emb):
+        raise ConfigError(f"train.optimizer_preset={train.optimizer_preset.value} sets train.optimizer={dense.value} "
+                          f"and train.embedding_optimizer={emb.value}; it cannot be combined with "
+                          f"train.optimizer={train.optimizer.value}, train.embedding_optimizer="
+                          f"{train.embedding_optimizer.value if train.embedding_optimizer else None}")
+    return replace(train, optimizer=dense, embedding_optimizer=emb)
+
+
 def with_model_defaults(train: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
-    """``train`` with the settings it leaves unset (None) taken from a model's ``defaults`` (no default
-    embedding L2 with sparse_adam embeddings, which cannot apply one)."""
+    """``train`` with its optimiser preset spelled out (:func:`with_preset`) and the settings it leaves
+    unset (None) taken from a model's ``defaults`` (no default embedding L2 with sparse_adam, ftrl or gftrl
+    embeddings: the first cannot apply one, the others have their own)."""
+    train = with_preset(train)
     l2 = train.embedding_l2
     if l2 is None:
-        l2 = 0.0 if train.embedding_optimizer is Optimizer.SPARSE_ADAM else defaults.embedding_l2
+        emb_kind = train.embedding_optimizer or train.optimizer
+        l2 = 0.0 if emb_kind in _NO_EMBEDDING_L2 else defaults.embedding_l2
     return replace(train, lr=defaults.lr if train.lr is None else train.lr, embedding_l2=l2)
 
 
@@ -113,6 +185,7 @@ def resolve(config: RunConfig, model_name: str) -> RunConfig:
     >>> [(x.lr, x.embedding_l2) for x in t]
     [(0.01, 0.0), (0.001, 0.001)]
     """
-    from adactr.models.registry import train_defaults
+    from adactr.models.registry import resolve_model_config, train_defaults
 
-    return replace(config, train=with_model_defaults(config.train, train_defaults(model_name)))
+    return replace(config, model=resolve_model_config(model_name, config.model),
+                   train=with_model_defaults(config.train, train_defaults(model_name)))

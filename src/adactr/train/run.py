@@ -27,6 +27,7 @@ from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train import checkpoint
 from adactr.train.config import Device, RunConfig, resolve
+from adactr.train.ftrl import zero_rows
 from adactr.train.trainer import Trainer, evaluate_split, predict_logits
 
 # validation rows the adaptivity diagnostic reads (all of Frappe_x1's and MovieLens-1M's; a bounded cost on
@@ -147,6 +148,8 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
         "samples_per_second": round(fit.samples_per_second, 1), "steps": fit.steps,
         "early_stopping": fit.early_stopping, "history": fit.history,
+        # the embedding rows at exactly zero: what GroupLasso-FTRL (train.embedding_optimizer=gftrl) buys
+        "embedding_zero_rows": zero_rows(model.embedding_parameters()),
     })
     if fit.cuda_graph is not None:
         results["cuda_graph"] = fit.cuda_graph

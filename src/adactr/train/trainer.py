@@ -39,14 +39,16 @@ from tqdm.auto import tqdm
 from adactr.data.tensors import Batch, DeviceSplit, SplitArrays
 from adactr.errors import ConfigError, TrainingError
 from adactr.models.registry import train_defaults_for
+from adactr.nn.penalty import collect_penalties
 from adactr.train import checkpoint
-from adactr.train.config import EarlyStopping, Optimizer, TrainConfig, with_model_defaults
+from adactr.train.config import EarlyStopping, FTRLConfig, Optimizer, TrainConfig, with_model_defaults, with_preset
 from adactr.train.cpu_memory import freed_memory_kept
+from adactr.train.ftrl import FTRL, GroupFTRL
 from adactr.train.graphed import CaptureBackend, CudaGraphs, GraphedStep
 from adactr.train.metrics import evaluate as compute_metrics
 
 
-def _make_optimizer(kind: Optimizer, params: list[nn.Parameter], *, lr: float, l2: float,
+def _make_optimizer(kind: Optimizer, params: list[nn.Parameter], *, lr: float, l2: float, ftrl: FTRLConfig,
                     capturable: bool = False) -> torch.optim.Optimizer:
     if kind is Optimizer.ADAM:
         # fused: one kernel for the whole group instead of a loop over tensors (measured ~15% faster
@@ -56,6 +58,11 @@ def _make_optimizer(kind: Optimizer, params: list[nn.Parameter], *, lr: float, l
         return torch.optim.Adagrad(params, lr=lr, weight_decay=l2)
     if kind is Optimizer.SGD:
         return torch.optim.SGD(params, lr=lr, weight_decay=l2)
+    # ftrl / gftrl: their own learning rate α and L2 (build_optimizers has refused a train.*_l2 with them)
+    if kind is Optimizer.FTRL:
+        return FTRL(params, lr=ftrl.alpha, beta=ftrl.beta, l1=ftrl.l1, l2=ftrl.l2)
+    if kind is Optimizer.GFTRL:
+        return GroupFTRL(params, lr=ftrl.alpha, beta=ftrl.beta, l1=ftrl.group_l1, l2=ftrl.group_l2)
     if l2:
         raise TrainingError("sparse_adam cannot apply embedding_l2 (set train.embedding_l2=0)")
     return torch.optim.SparseAdam(params, lr=lr)
@@ -65,7 +72,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = F
                      ) -> list[torch.optim.Optimizer]:
     """One optimiser for the embedding tables, one for everything else (``capturable``: Adam's state
     kept on the device, for CUDA-graph capture). ``train.lr`` / ``train.embedding_l2`` left unset take
-    the model's registry defaults."""
+    the model's registry defaults; ``train.optimizer_preset`` sets both optimisers."""
     cfg = with_model_defaults(cfg, train_defaults_for(model))
     emb = [p for p in model.embedding_parameters() if p.requires_grad]  # type: ignore[operator]
     emb_ids = {id(p) for p in emb}
@@ -73,16 +80,38 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = F
     emb_kind = cfg.embedding_optimizer or cfg.optimizer
     if cfg.optimizer is Optimizer.SPARSE_ADAM:
         raise TrainingError("sparse_adam is for embeddings only: set train.embedding_optimizer=sparse_adam")
-    if emb_kind is Optimizer.SPARSE_ADAM:
+    if cfg.optimizer is Optimizer.GFTRL:
+        raise ConfigError("gftrl is for embedding tables only (it sets whole rows to zero): set "
+                          "train.embedding_optimizer=gftrl and a dense optimiser such as train.optimizer=ftrl, "
+                          "or train.optimizer_preset=dynint for both")
+    for kind, l2, key in ((emb_kind, cfg.embedding_l2, "embedding_l2"), (cfg.optimizer, cfg.dense_l2, "dense_l2")):
+        if kind in (Optimizer.FTRL, Optimizer.GFTRL) and l2:
+            own = "train.ftrl.group_l2" if kind is Optimizer.GFTRL else "train.ftrl.l2"
+            raise ConfigError(f"{kind.value} has its own L2 ({own}): set train.{key}=0")
+    if emb_kind in (Optimizer.SPARSE_ADAM, Optimizer.FTRL, Optimizer.GFTRL):  # sparse-aware: rows of the batch
         for m in model.modules():
-            if isinstance(m, nn.Embedding):
+            if isinstance(m, nn.Embedding) and id(m.weight) in emb_ids:  # not a table another optimiser owns
                 m.sparse = True
     opts = []
     if emb:
-        opts.append(_make_optimizer(emb_kind, emb, lr=cfg.lr, l2=cfg.embedding_l2, capturable=capturable))
+        opts.append(_make_optimizer(emb_kind, emb, lr=cfg.lr, l2=cfg.embedding_l2, ftrl=cfg.ftrl,
+                                    capturable=capturable))
     if dense:
-        opts.append(_make_optimizer(cfg.optimizer, dense, lr=cfg.lr, l2=cfg.dense_l2, capturable=capturable))
+        opts.append(_make_optimizer(cfg.optimizer, dense, lr=cfg.lr, l2=cfg.dense_l2, ftrl=cfg.ftrl,
+                                    capturable=capturable))
     return opts
+
+
+def training_loss(forward: Callable[[Batch], Tensor], batch: Batch) -> Tensor:
+    """The loss a training step minimises: BCE on ``forward(batch)``'s logits (mean over the batch) plus
+    every term the model's parts add during that forward (the loss-term seam, :mod:`adactr.nn.penalty`:
+    DynInt's orthogonal penalty, AdaSparse's sparsity regulariser)."""
+    with collect_penalties() as terms:
+        logits = forward(batch)  # (B,)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+    for term in terms.values():
+        loss = loss + term
+    return loss
 
 
 def _release_grads(opts: list[torch.optim.Optimizer]) -> None:
@@ -263,10 +292,12 @@ class Trainer:
         if cfg.compile:
             raise ConfigError("train.cuda_graph and train.compile cannot both be on (torch.compile has its own "
                               "CUDA-graph mode); set one of them to false")
-        kinds = {cfg.optimizer, cfg.embedding_optimizer or cfg.optimizer}
+        chosen = with_preset(cfg)  # the optimisers a preset sets
+        kinds = {chosen.optimizer, chosen.embedding_optimizer or chosen.optimizer}
         if kinds != {Optimizer.ADAM}:
+            preset = f" (train.optimizer_preset={cfg.optimizer_preset.value})" if cfg.optimizer_preset else ""
             raise ConfigError(f"train.cuda_graph supports the adam optimiser only, not "
-                              f"{', '.join(sorted(k.value for k in kinds))}")
+                              f"{', '.join(sorted(k.value for k in kinds))}{preset}")
         if self.capture_backend is not None:
             return self.capture_backend
         if self.device.type == "cuda":
@@ -471,10 +502,7 @@ class Trainer:
     # ---- helpers ---------------------------------------------------------------------------------
     def _step(self, step_fn: Any, model: nn.Module, opts: list[torch.optim.Optimizer], batch: Batch) -> Tensor:
         """One optimisation step; returns the batch's loss (still on the device)."""
-        loss = F.binary_cross_entropy_with_logits(step_fn(batch), batch.label)
-        aux = getattr(model, "auxiliary_loss", None)
-        if aux is not None:
-            loss = loss + aux()
+        loss = training_loss(step_fn, batch)
         _release_grads(opts)
         loss.backward()
         if self.cfg.clip_grad_norm > 0:
