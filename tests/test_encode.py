@@ -191,3 +191,77 @@ def test_schema_json_round_trip(tmp_path):
     again = Schema.load(tmp_path / "schema.json")
     assert again == schema and again.fingerprint() == schema.fingerprint()
     assert schema.layout().names == ("city", "dom", "price", "tags")
+
+
+# --- a domain made of several columns (issue 15) ---------------------------------------------------
+
+MULTI = frame(label=["1", "0", "0", "1", "0", "1"], gender=["F", "M", "F", "F", "M", "F"],
+              age=[25, 1, 25, 18, 1, 25], city=["a", "b", "a", "c", "b", "a"])
+
+
+def multi_fitted(**kw):
+    df = check_labels(MULTI, "label", file="train.csv")
+    return fit(df, Roles(domain=("gender", "age"), **kw), EncodeOptions(), file="train.csv"), df
+
+
+def test_combined_domain_vocabulary_names_and_ids_by_hand():
+    (schema, vocabs), df = multi_fitted()
+    # F|25 three times, M|1 twice, F|18 once: most frequent first, as every vocabulary
+    assert vocabs["__domain__"] == ["gender=F|age=25", "gender=M|age=1", "gender=F|age=18"]
+    assert schema.domain_names == ("<missing>", "<unseen>", "gender=F|age=25", "gender=M|age=1", "gender=F|age=18")
+    assert schema.domain == "gender|age" and schema.domain_columns == ("gender", "age")
+    assert schema.layout().n_domains == 5
+    assert encode(df, schema, vocabs, file="train.csv")["domain"].tolist() == [2, 3, 2, 4, 3, 2]
+    # the columns stay ordinary features (as Scenario-Wise-Rec keeps gender/age/occupation); the
+    # combination is not a field of its own
+    assert [f.name for f in schema.fields] == ["gender", "age", "city"]
+    (schema, _), _ = multi_fitted(domain_as_feature=False)
+    assert [f.name for f in schema.fields] == ["city"]
+
+
+def test_combined_domain_unseen_and_missing_go_to_the_reserved_slots():
+    (schema, vocabs), _ = multi_fitted()
+    new = frame(label=["1", "0", "1", "0"], gender=["M", "F", None, "M"], age=[25, 25, 25, 1], city=["a"] * 4)
+    # M|25 exists in no train row although M and 25 each do: the shared domain <unseen> (1); an empty
+    # column: <missing> (0)
+    assert encode(new, schema, vocabs, file="new.csv")["domain"].tolist() == [1, 2, 0, 3]
+
+
+def test_min_domain_count_pools_rare_domains_into_unseen():
+    df = check_labels(MULTI, "label", file="train.csv")
+    schema, vocabs = fit(df, Roles(domain=("gender", "age")), EncodeOptions(min_domain_count=2), file="train.csv")
+    assert vocabs["__domain__"] == ["gender=F|age=25", "gender=M|age=1"]
+    assert encode(df, schema, vocabs, file="t")["domain"].tolist() == [2, 3, 2, OOV, 3, 2]
+    assert schema.extra == {"min_domain_count": "2"}
+
+
+def test_separators_inside_names_and_values_cannot_make_two_domains_one():
+    df = check_labels(frame(label=["1", "0"], a=["x|b=y", "x"], b=["z", "y|b=z"]), "label", file="t")
+    schema, vocabs = fit(df, Roles(domain=("a", "b")), EncodeOptions(), file="t")
+    assert sorted(vocabs["__domain__"]) == ["a=x%7Cb%3Dy|b=z", "a=x|b=y%7Cb%3Dz"]
+
+
+def test_combined_domain_schema_round_trip_and_one_column_json_unchanged(tmp_path):
+    (schema, _), _ = multi_fitted()
+    schema.save(tmp_path / "schema.json")
+    assert Schema.load(tmp_path / "schema.json") == schema
+    (one, _), _ = fitted()
+    assert "domain_columns" not in one.to_json() and one.domain_sources == ("dom",)
+
+
+def test_cli_domain_columns_errors_are_one_line(tmp_path, capsys):
+    from adactr.cli import main
+
+    path = tmp_path / "t.csv"
+    path.write_text("label,gender,age\n1,F,25\n0,M,1\n")
+    assert main(["prepare", "--train", str(path), "--domain", "gender,nosuch", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: column 'nosuch' is missing (columns are: label, gender, age)\n"
+    assert main(["prepare", "--train", str(path), "--domain", "gender,gender", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == "error: --domain 'gender,gender': 'gender' is named twice\n"
+    assert not (tmp_path / "o").exists()
+    assert main(["prepare", "--train", str(path), "--domain", "gender,age", "--split", "0.5,0.5,0",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "domains: 1 combinations of gender, age in train; rows per domain largest 1, median 1, smallest 1" in out

@@ -10,7 +10,16 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from adactr.train.metrics import auc, evaluate, gauc, logloss, per_domain, relaimp
+from adactr.train.metrics import (
+    auc,
+    domain_auc_mean,
+    evaluate,
+    gauc,
+    logloss,
+    per_domain,
+    relaimp,
+    relaimp_report,
+)
 
 # --- hand goldens ----------------------------------------------------------------------------------
 
@@ -137,13 +146,38 @@ def test_per_domain_keys_and_counts() -> None:
     assert list(per_domain(logits, labels, domains)) == ["0", "2"]
 
 
+def test_domain_auc_mean_by_hand() -> None:
+    # domain 0 (4 rows): positives 0.35, 0.8 vs negatives 0.1, 0.4 -> AUC 3/4; domain 1 (2 rows): 1.0;
+    # domain 2 (3 rows): positives only, left out and counted. Mean (4 * 0.75 + 2 * 1) / 6 = 5/6.
+    logits = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.0, 1.0, 0.2, 0.3, 0.4])
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 1, 1, 1])
+    domains = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    r = evaluate(logits, labels, domains=domains, domain_names=["<missing>", "<unseen>", "gender=F|age=25"])
+    assert r["domain_auc_mean"] == pytest.approx(5 / 6)
+    assert r["domain_auc_excluded"] == {"domains": 1, "rows": 3}
+    assert r["domain_auc_mean"] == pytest.approx(gauc(logits, labels, domains))  # GAUC with domains as groups
+    assert r["domain_auc_mean"] != pytest.approx(r["auc"])  # not the pooled AUC
+    mean, left = domain_auc_mean({"x": {"auc": math.nan, "count": 3}})
+    assert math.isnan(mean) and left == {"domains": 1, "rows": 3}
+
+
+def test_relaimp_report_against_a_base() -> None:
+    mine = {"auc": 0.8, "gauc": 0.7, "domain_auc_mean": 0.6, "per_domain": {"a": {"auc": 0.9}, "b": {"auc": 0.6}}}
+    base = {"auc": 0.75, "domain_auc_mean": 0.55, "per_domain": {"a": {"auc": 0.8}}}
+    r = relaimp_report(mine, base)
+    # (0.3 / 0.25 - 1) * 100 = 20; (0.1 / 0.05 - 1) * 100 = 100; (0.4 / 0.3 - 1) * 100 = 33.3
+    assert r["auc"] == pytest.approx(20.0) and r["domain_auc_mean"] == pytest.approx(100.0)
+    assert r["per_domain"] == {"a": pytest.approx(100 / 3)} and "gauc" not in r  # only what both have
+
+
 def test_evaluate_keys_types_and_json() -> None:
     logits = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.0, 1.0])
     labels = torch.tensor([0, 0, 1, 1, 1, 1])
     groups = torch.tensor([1, 1, 1, 1, 2, 2])
     domains = torch.tensor([0, 0, 0, 0, 1, 1])
     r = evaluate(logits, labels, groups=groups, domains=domains, domain_names=["a", "b"])
-    assert set(r) == {"auc", "logloss", "count", "gauc", "per_domain"}
+    assert set(r) == {"auc", "logloss", "count", "gauc", "per_domain", "domain_auc_mean", "domain_auc_excluded"}
+    assert r["domain_auc_mean"] == 0.75 and r["domain_auc_excluded"] == {"domains": 1, "rows": 2}  # only "a"
     assert r["count"] == 6 and type(r["count"]) is int
     assert type(r["auc"]) is float and type(r["logloss"]) is float
     assert r["gauc"] == 0.75  # group 2 has positives only
@@ -199,3 +233,26 @@ def test_cuda_matches_cpu() -> None:
     cpu = evaluate(s, y, groups=g)
     cuda = evaluate(s.cuda(), y.cuda(), groups=g.cuda())
     assert cuda == pytest.approx(cpu, abs=1e-12)
+
+
+def test_cli_evaluate_base_adds_relaimp_against_the_named_run(monkeypatch, capsys) -> None:
+    """`adactr evaluate --base B` evaluates B on the same split and reports RelaImp against it, by name."""
+    import adactr.train.run as run
+    from adactr.cli import main
+
+    results = {"runs/star": {"auc": 0.8, "domain_auc_mean": 0.7, "per_domain": {"<unseen>": {"auc": 0.6}}},
+               "runs/dnn": {"auc": 0.75, "domain_auc_mean": 0.65, "per_domain": {"<unseen>": {"auc": 0.6}}}}
+    seen = []
+
+    def fake(*, run, data, split, device, progress):
+        seen.append((str(run), str(data), split))
+        return dict(results[str(run)])
+
+    monkeypatch.setattr(run, "evaluate_run", fake)
+    assert main(["evaluate", "--run", "runs/star", "--data", "d", "--split", "valid", "--base", "runs/dnn"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert seen == [("runs/star", "d", "valid"), ("runs/dnn", "d", "valid")]  # the same split for both
+    assert out["relaimp"]["base"] == "runs/dnn"
+    assert out["relaimp"]["auc"] == pytest.approx(20.0)  # (0.3 / 0.25 - 1) * 100
+    assert out["relaimp"]["domain_auc_mean"] == pytest.approx(100 * (0.2 / 0.15 - 1))
+    assert out["relaimp"]["per_domain"] == {"<unseen>": 0.0}

@@ -166,3 +166,18 @@ def test_write_click_world_splits_and_reads_back(tmp_path: Path) -> None:
     assert set(frames["test"]["label"].unique()) <= {"0", "1"}
     full = click_world(1000, seed=3)
     assert frames["valid"]["user_id"].cast(pl.Int32).equals(full["user_id"][800:900])
+
+
+def test_click_world_many_long_tailed_domains() -> None:
+    """domain_tail: 3, 30 or 300 domains on the same number of rows, sizes ~ (d + 1)^-s; default unchanged."""
+    df = click_world(5000, seed=3, n_domains=5)  # the default 2^-d sizes, as before the option existed
+    assert df["domain"].value_counts().sort("domain")["count"].to_list() == [2616, 1292, 637, 292, 163]
+    assert (int(df["label"].sum()), int(df["item_id"].sum())) == (1263, 2596112)
+    many = click_world(60_000, seed=0, n_domains=300, domain_tail=1.0)
+    assert many.schema["domain"] == pl.Int16 and many["domain"].n_unique() == 300  # 2^-d would leave ~280 empty
+    counts = many["domain"].value_counts().sort("domain")["count"].to_numpy()
+    # p(0) / p(299) = 300 under s = 1 (sampling noise aside): largest ~ 60000 / H_300 = 9.6k, smallest ~ 32
+    assert 9000 < counts[0] < 10_200 and counts[-20:].mean() < 60
+    assert abs(float(many["label"].mean()) - 0.25) < 0.01
+    with pytest.raises(ConfigError, match="domain_tail"):
+        click_world(10, domain_tail=-1.0)

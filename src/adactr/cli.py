@@ -24,6 +24,9 @@ examples:
   # multi-domain CSV with a raw column to ignore, GAUC by user
   adactr prepare --format csv --train ml/train.csv.gz --valid ml/valid.csv.gz --test ml/test.csv.gz \\
       --ignore rating --domain domain --group user_id --out prepared/ml1m
+  # the domain as a combination of columns (about 300 gender x age x occupation domains, AdaSparse-style)
+  adactr prepare --format csv --train ml/train.csv.gz --valid ml/valid.csv.gz --test ml/test.csv.gz \\
+      --ignore rating --domain gender,age,occupation --group user_id --out prepared/ml1m-fine
   # Criteo (tab-separated, no header; I1-I13 -> floor(ln(x)^2) buckets, categories seen < 10 times -> OOV)
   adactr prepare --format criteo --train criteo/train.txt --split 0.8,0.1,0.1 --out prepared/criteo
   # Criteo as in the DynInt paper: floor(ln(v^2)) buckets, values seen < 20 times -> OOV, random 70/10/20
@@ -73,7 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--sequence", help="comma-separated multi-valued columns (values split on --sep)")
     pp.add_argument("--sep", help="separator inside multi-valued columns (default |)")
     pp.add_argument("--pooling", choices=["mean", "sum"], help="how multi-valued fields are pooled (default mean)")
-    pp.add_argument("--domain", help="domain / scenario column (multi-domain models, per-domain metrics)")
+    pp.add_argument("--domain", help="domain / scenario column (multi-domain models, per-domain metrics), or several "
+                                     "comma-separated whose combination is the domain (gender,age,occupation); "
+                                     "one not seen in train is the shared domain <unseen>")
+    pp.add_argument("--min-domain-count", type=int, help="domains seen fewer times in train go to <unseen> (default 1)")
     pp.add_argument("--group", help="group column for GAUC (e.g. user id)")
     pp.add_argument("--ignore", help="comma-separated columns that are not features (e.g. a raw rating)")
     pp.add_argument("--min-count", type=int, help="values (and numeric buckets) seen fewer times in train go to OOV "
@@ -111,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--data", type=Path, required=True)
     pe.add_argument("--split", default="test", choices=["train", "valid", "test"])
     pe.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pe.add_argument("--base", type=Path, help="a base run evaluated on the same split: adds RelaImp (ADL eq. 10) "
+                                              "of AUC, GAUC and per-domain AUC against it")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pr = sub.add_parser("predict", help="raw rows in, click probabilities out")
@@ -163,9 +171,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     preset = PRESETS[fmt]
     roles, options = preset.roles, preset.options
     role_changes: dict = {}
-    for key, value in (("label", args.label), ("domain", args.domain), ("group", args.group)):
+    for key, value in (("label", args.label), ("group", args.group)):
         if value is not None:
             role_changes[key] = value
+    if args.domain is not None:
+        columns = _csv_list(args.domain) or ()
+        if not columns:
+            raise ConfigError(f"--domain {args.domain!r}: expected a column or comma-separated columns")
+        twice = next((c for c in columns if columns.count(c) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"--domain {args.domain!r}: {twice!r} is named twice")
+        role_changes["domain"] = columns[0] if len(columns) == 1 else columns
     for key, value in (("numerical", args.numerical), ("sequence", args.sequence), ("ignore", args.ignore)):
         if value is not None:
             role_changes[key] = _csv_list(value)
@@ -173,6 +189,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     opt_changes: dict = {}
     if args.min_count is not None:
         opt_changes["min_count"] = args.min_count
+    if args.min_domain_count is not None:
+        if args.min_domain_count < 1:
+            raise ConfigError(f"--min-domain-count {args.min_domain_count}: expected a count of 1 or more")
+        opt_changes["min_domain_count"] = args.min_domain_count
     if args.numeric is not None:
         opt_changes["numeric_transform"] = NumericTransform(args.numeric)
     if args.sep is not None:
@@ -199,7 +219,22 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     for note in meta.get("warnings", []):
         print(f"warning: {note}", file=sys.stderr)
     print(f"prepared {args.out}: {len(schema.fields)} fields, rows {meta['rows']}, {meta['seconds']} s")
+    if schema.domain_columns:
+        print(_domain_sizes(args.out, schema))
     return 0
+
+
+def _domain_sizes(out: Path, schema) -> str:
+    """One line on the train domains of a combined domain: how many, and how their sizes spread."""
+    import numpy as np
+
+    counts = np.bincount(np.load(out / "train" / "domain.npy"), minlength=len(schema.domain_names))[2:]
+    counts = np.sort(counts[counts > 0])
+    if not len(counts):
+        return "domains: none in train"
+    return (f"domains: {len(counts)} combinations of {', '.join(schema.domain_columns)} in train; rows per domain "
+            f"largest {counts[-1]}, median {int(np.median(counts))}, smallest {counts[0]}, "
+            f"{int((counts < 100).sum())} under 100")
 
 
 def _print_metrics(results: dict) -> None:
@@ -211,6 +246,11 @@ def _print_metrics(results: dict) -> None:
                  f"on {results['device']})")
     for name, d in t.get("per_domain", {}).items():
         print(f"  domain {name:>10}: AUC {d['auc']:.5f}  logloss {d['logloss']:.5f}  n={d['count']}")
+    if "domain_auc_mean" in t:
+        left = t.get("domain_auc_excluded", {})
+        print(f"  count-weighted mean of per-domain AUC {t['domain_auc_mean']:.5f}"
+              + (f" ({left['domains']} one-class domains, {left['rows']} rows, left out)" if left.get("domains")
+                 else ""))
     for part, tensors in results.get("adaptivity", {}).items():  # std over instances / rms of the mean
         shown = ", ".join(f"{k} {v['adaptivity']:.3f}" + (f" (by domain {v['by_domain']:.3f})" if "by_domain" in v
                                                          else "") for k, v in tensors.items())
@@ -238,11 +278,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from adactr.train.config import Device
+    from adactr.train.metrics import relaimp_report
     from adactr.train.run import evaluate_run
 
-    print(json.dumps(evaluate_run(run=args.run, data=args.data, split=args.split, device=Device(args.device),
-                                  progress=not args.quiet),
-                     indent=1))
+    result = evaluate_run(run=args.run, data=args.data, split=args.split, device=Device(args.device),
+                          progress=not args.quiet)
+    if args.base is not None:
+        base = evaluate_run(run=args.base, data=args.data, split=args.split, device=Device(args.device),
+                            progress=not args.quiet)
+        result["relaimp"] = {"base": str(args.base), **relaimp_report(result, base)}
+    print(json.dumps(result, indent=1))
     return 0
 
 

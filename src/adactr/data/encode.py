@@ -45,18 +45,29 @@ class Roles:
     label: str = "label"
     numerical: tuple[str, ...] = ()
     sequence: tuple[str, ...] = ()
-    domain: str | None = None
+    # One column, or several whose combination is the domain (AdaSparse's gender x age x star level).
+    domain: str | tuple[str, ...] | None = None
     group: str | None = None
     ignore: tuple[str, ...] = ()
-    # The domain column is also a feature by default (the papers feed the domain indicator to the model).
+    # The domain column(s) are also features by default (the papers feed the domain indicator to the model;
+    # Scenario-Wise-Rec keeps gender/age/occupation as features). A combination is never a feature itself.
     domain_as_feature: bool = True
     # Group ids (e.g. user id) stay features by default; GAUC needs only the grouping.
     group_as_feature: bool = True
+
+    @property
+    def domain_columns(self) -> tuple[str, ...]:
+        """The domain's raw columns: () without a domain, one name, or the names combined."""
+        if self.domain is None:
+            return ()
+        return (self.domain,) if isinstance(self.domain, str) else tuple(self.domain)
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
     min_count: int = 1  # values rarer than this in train go to OOV (Criteo practice: 10; DynInt: 20)
+    # domains rarer than this in train go to the shared '<unseen>' domain (a long tail of combinations)
+    min_domain_count: int = 1
     numeric_transform: NumericTransform = NumericTransform.STANDARD
     sequence_sep: str = "|"
     max_seq_len: int = 32  # longer lists keep their first max_seq_len values
@@ -186,6 +197,31 @@ def _fit_vocab(s: pl.Series, min_count: int, rows: pl.Series | None = None) -> l
     return kept["value"].to_list()
 
 
+def _escape(e: pl.Expr) -> pl.Expr:
+    """Percent-encode the characters a domain name is built with, so two combinations never share a name."""
+    return e.str.replace_all("%", "%25", literal=True).str.replace_all("|", "%7C", literal=True) \
+        .str.replace_all("=", "%3D", literal=True)
+
+
+def domain_keys(df: pl.DataFrame, columns: Sequence[str]) -> pl.Series:
+    """The domain of each row as text: one column's raw value, or the combination of several columns as
+    ``gender=F|age=25|occupation=4`` (``|``, ``=`` and ``%`` in names and values percent-encoded); null
+    (missing domain) when any of the columns is empty.
+
+    >>> df = pl.DataFrame({"gender": ["F", "M", None], "age": [25, 1, 18]})
+    >>> domain_keys(df, ["gender", "age"]).to_list()
+    ['gender=F|age=25', 'gender=M|age=1', None]
+    """
+    if len(columns) == 1:
+        return df[columns[0]].cast(pl.Utf8)
+    parts = [pl.concat_str([pl.lit(_escape_name(c) + "="), _escape(pl.col(c).cast(pl.Utf8))]) for c in columns]
+    return df.select(pl.concat_str(parts, separator="|").alias("domain")).to_series()
+
+
+def _escape_name(name: str) -> str:
+    return name.replace("%", "%25").replace("|", "%7C").replace("=", "%3D")
+
+
 def _encode_values(s: pl.Series, vocab: Sequence[str]) -> pl.Series:
     """Vocabulary position + RESERVED; unseen values -> OOV, nulls -> MISSING (int32)."""
     return s.replace_strict([None, *vocab], [MISSING, *range(RESERVED, RESERVED + len(vocab))], default=OOV,
@@ -239,18 +275,18 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
         m[rows] = True
         train_mask = pl.Series("__train", m)
 
-    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, ROW}
-    for c in (roles.domain, roles.group):
-        if c is not None:
-            named.add(c)
-    needed = [roles.label, *roles.numerical, *roles.sequence, *(c for c in (roles.domain, roles.group) if c)]
+    dom_cols = roles.domain_columns
+    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, *dom_cols, ROW}
+    if roles.group is not None:
+        named.add(roles.group)
+    needed = [roles.label, *roles.numerical, *roles.sequence, *dom_cols, *(c for c in (roles.group,) if c)]
     _check_columns(train, needed, file=file)
     if (train.height if rows is None else len(rows)) == 0:
         raise DataError("no training rows", file=file)
 
     feature_cols = [c for c in train.columns if c not in named]
-    if roles.domain and roles.domain_as_feature:
-        feature_cols.append(roles.domain)
+    if roles.domain_as_feature:
+        feature_cols += [c for c in dom_cols if c not in roles.ignore]
     if roles.group and roles.group_as_feature and roles.group not in feature_cols:
         feature_cols.append(roles.group)
     feature_cols += [c for c in train.columns if c in roles.numerical or c in roles.sequence]
@@ -293,20 +329,26 @@ def fit(train: pl.DataFrame, roles: Roles, options: EncodeOptions, *, file: str,
         vocabs[name] = vocab
 
     domain_names: tuple[str, ...] = ()
-    if roles.domain:
-        dom_vocab = _fit_vocab(col(train[roles.domain]).cast(pl.Utf8), 1)
+    domain = None
+    if dom_cols:
+        # one column: its raw values; several: the combinations seen in train, named "gender=F|age=25"
+        dom_vocab = _fit_vocab(col(domain_keys(train, dom_cols)), options.min_domain_count)
         vocabs["__domain__"] = dom_vocab
         domain_names = ("<missing>", "<unseen>", *dom_vocab)
-    schema = Schema(label=roles.label, fields=tuple(fields), domain=roles.domain,
-                    domain_names=domain_names, group=roles.group, ignore=tuple(roles.ignore),
-                    columns=tuple(c for c in train.columns if c != ROW), source_format=source_format)
+        domain = dom_cols[0] if len(dom_cols) == 1 else "|".join(dom_cols)
+    schema = Schema(label=roles.label, fields=tuple(fields), domain=domain,
+                    domain_names=domain_names, domain_columns=dom_cols if len(dom_cols) > 1 else (),
+                    group=roles.group, ignore=tuple(roles.ignore),
+                    columns=tuple(c for c in train.columns if c != ROW), source_format=source_format,
+                    extra={"min_domain_count": str(options.min_domain_count)} if options.min_domain_count > 1
+                    else {})
     return schema, vocabs
 
 
 def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: str,
            require_label: bool = True) -> dict[str, np.ndarray]:
     """Encode raw rows with a fitted schema. Unseen values -> OOV; missing -> MISSING (or 0.0)."""
-    needed = [f.name for f in schema.fields] + [c for c in (schema.domain,) if c]
+    needed = [f.name for f in schema.fields] + list(schema.domain_sources)
     if require_label:
         needed.append(schema.label)
     _check_columns(df, needed, file=file)
@@ -347,7 +389,7 @@ def encode(df: pl.DataFrame, schema: Schema, vocabs: dict[str, list], *, file: s
         out["label"] = lab.to_numpy().astype(np.float32) if lab.dtype.is_numeric() and lab.null_count() == 0 \
             else _labels(df, schema.label, file=file)
     if schema.domain:
-        out["domain"] = _encode_values(df[schema.domain].cast(pl.Utf8), vocabs["__domain__"]).to_numpy() \
+        out["domain"] = _encode_values(domain_keys(df, schema.domain_sources), vocabs["__domain__"]).to_numpy() \
             .astype(np.int32)
     if schema.group and schema.group in df.columns:
         out["group"] = df[schema.group].cast(pl.Utf8).rank("dense").fill_null(0).to_numpy().astype(np.int64)

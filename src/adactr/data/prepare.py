@@ -276,7 +276,7 @@ def _libfm_roles(train: pl.DataFrame, roles: Roles) -> Roles:
     reader) is multi-valued, so each tag has its own embedding rather than each combination of tags; a field
     of the map that no row of the train file uses is left out (make-ipinyou-data's map has an ``N:other``
     key for every column of its log, also the ones it never writes into the rows)."""
-    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, roles.domain, roles.group}
+    named = {roles.label, *roles.numerical, *roles.sequence, *roles.ignore, *roles.domain_columns, roles.group}
     free = [c for c in train.columns if c not in named and c != ROW]
     extra = tuple(c for c in free if c.startswith("extra_"))
     unused = tuple(c for c in free if c not in extra and train[c].null_count() == train.height)

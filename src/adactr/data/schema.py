@@ -4,11 +4,14 @@ A prepared dataset directory holds::
 
     DIR/schema.json          this file's :class:`Schema`, as JSON
     DIR/vocab/<field>.json   one list of raw values per categorical field (index = position + 2)
+    DIR/vocab/__domain__.json  the train domains (index = position + 2), e.g. "gender=F|age=25|occupation=4"
     DIR/<split>/*.npy        encoded arrays (see :mod:`adactr.data.encode`)
 
 Index convention for every categorical (and sequence) field: ``0`` = missing (and sequence padding),
 ``1`` = out-of-vocabulary (unseen at fit time, or rarer than ``min_count``), ``2..`` = vocabulary.
-A model therefore never sees an index error for a value it was not trained on.
+A model therefore never sees an index error for a value it was not trained on. The domain index
+follows the same convention: ``0`` = ``<missing>`` (a domain column empty), ``1`` = ``<unseen>`` (a domain
+not in train, or rarer than ``--min-domain-count``), the shared fallback of per-domain layers.
 
 No torch here: this module is shared by the readers and the encoder.
 """
@@ -118,8 +121,11 @@ class FieldLayout:
 class Schema:
     label: str
     fields: tuple[FieldSpec, ...]
-    domain: str | None = None  # column holding the domain / scenario
+    # column holding the domain / scenario; for a combination of columns their names joined by "|"
+    domain: str | None = None
     domain_names: tuple[str, ...] = ()  # index -> name, reserved slots included
+    # the columns whose combination is the domain (empty when the domain is one column: `domain`)
+    domain_columns: tuple[str, ...] = ()
     group: str | None = None  # column holding the GAUC group (e.g. user id)
     ignore: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()  # every raw column the train file had (used to check new files)
@@ -128,6 +134,11 @@ class Schema:
     extra: dict[str, str] = field(default_factory=dict)
 
     # ---- derived views -------------------------------------------------------------------------
+    @property
+    def domain_sources(self) -> tuple[str, ...]:
+        """The raw columns the domain is read from: (), one column, or the combined columns."""
+        return self.domain_columns or ((self.domain,) if self.domain else ())
+
     @property
     def cat_fields(self) -> tuple[FieldSpec, ...]:
         return tuple(f for f in self.fields if f.embedded_as_index)
@@ -161,6 +172,8 @@ class Schema:
     def to_json(self) -> dict:
         d = asdict(self)
         d["fields"] = [_field_to_json(f) for f in self.fields]
+        if not self.domain_columns:  # a one-column domain's schema.json is as it always was
+            del d["domain_columns"]
         d["fingerprint"] = self.fingerprint()
         return d
 
@@ -171,7 +184,8 @@ class Schema:
                 raise DataError(f"schema version {d.get('version')} is not {SCHEMA_VERSION}", file=source)
             fields = tuple(_field_from_json(f) for f in d["fields"])
             return cls(label=d["label"], fields=fields, domain=d.get("domain"),
-                       domain_names=tuple(d.get("domain_names", ())), group=d.get("group"),
+                       domain_names=tuple(d.get("domain_names", ())),
+                       domain_columns=tuple(d.get("domain_columns", ())), group=d.get("group"),
                        ignore=tuple(d.get("ignore", ())), columns=tuple(d.get("columns", ())),
                        source_format=d.get("source_format", "csv"), version=d["version"],
                        extra=dict(d.get("extra", {})))

@@ -210,23 +210,32 @@ _BASE_CTR = 0.25
 
 
 def click_world(n_rows: int, *, seed: int = 0, n_domains: int = 3, n_users: int = 2000,
-                n_items: int = 1000) -> pl.DataFrame:
+                n_items: int = 1000, domain_tail: float | None = None) -> pl.DataFrame:
     """A multi-domain click log whose click model depends on the domain and on a latent user cluster.
 
     Domains have unequal sizes (p(domain d) ~ 2^-d: 57/29/14% for three), user and item popularity are
     long-tailed, and the click rate is ~25%. Columns and dtypes: ``label`` (Int8 0/1), ``user_id``,
     ``item_id``, ``item_category``, ``user_segment`` (Int32), ``device`` (String), ``hour`` (Int8, 0-23),
-    ``domain`` (Int8), ``price`` (Float64, 2 decimals), ``tags`` (String, e.g. ``"t3|t17"``). The whole
-    world (users, items, weights) and the rows come from ``seed``: split one call, don't mix seeds.
+    ``domain`` (Int8; Int16 above 127 domains), ``price`` (Float64, 2 decimals), ``tags`` (String, e.g.
+    ``"t3|t17"``). The whole world (users, items, weights) and the rows come from ``seed``: split one call,
+    don't mix seeds.
+
+    ``domain_tail=s`` gives many long-tailed domains instead: p(domain d) ~ (d + 1)^-s (Zipf), so that 30 or
+    300 domains all get rows (under 2^-d the domains past ~20 get none). With s = 1 and 300 domains the
+    largest is 16% of the rows and the smallest 0.05%. The default (None) keeps 2^-d and the rows as they were.
 
     >>> df = click_world(2000, seed=0)
     >>> df.shape, df.columns[5:]
     ((2000, 10), ['device', 'hour', 'domain', 'price', 'tags'])
+    >>> click_world(20_000, seed=0, n_domains=300, domain_tail=1.0)["domain"].n_unique()
+    300
     """
     for name, value in (("n_rows", n_rows), ("n_domains", n_domains), ("n_users", n_users),
                         ("n_items", n_items)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if domain_tail is not None and not domain_tail >= 0:
+        raise ConfigError(f"domain_tail must be >= 0, got {domain_tail}")
     rng = np.random.default_rng(seed)
     D, K, nd = _LATENT, _N_CLUSTERS, n_domains
 
@@ -250,7 +259,7 @@ def click_world(n_rows: int, *, seed: int = 0, n_domains: int = 3, n_users: int 
     item_pop = _long_tail(n_items, 1.2, 3.0, rng)
 
     # domains: size, item taste by category, latent re-weighting, hour pattern, price/device weights
-    dom_p = _normalise(0.5 ** np.arange(nd))
+    dom_p = _normalise(0.5 ** np.arange(nd) if domain_tail is None else (np.arange(nd) + 1.0) ** -domain_tail)
     cat_taste = 0.8 * rng.normal(0, 1, (nd, n_cat))
     item_p = _normalise_rows(item_pop[None, :] * np.exp(cat_taste[:, category]))  # (nd, I)
     v = np.ones((nd, D))
@@ -296,13 +305,14 @@ def click_world(n_rows: int, *, seed: int = 0, n_domains: int = 3, n_users: int 
         "user_segment": pl.Series(segment[user].astype(np.int32)),
         "device": pl.Series(_DEVICES, dtype=pl.String).gather(device),
         "hour": pl.Series(hour.astype(np.int8)),
-        "domain": pl.Series(dom.astype(np.int8)),
+        "domain": pl.Series(dom.astype(np.int8 if nd <= 127 else np.int16)),
         "price": pl.Series(price),
         "tags": tag_text.gather(item),
     })
 
 
-def write_click_world(directory: str | Path, *, n_rows: int = 200_000, seed: int = 0) -> dict[str, Path]:
+def write_click_world(directory: str | Path, *, n_rows: int = 200_000, seed: int = 0, n_domains: int = 3,
+                      domain_tail: float | None = None) -> dict[str, Path]:
     """Write one :func:`click_world` as ``train.csv`` / ``valid.csv`` / ``test.csv`` (80/10/10, headers).
 
     Rows are i.i.d., so the split is by position. 200k rows train a demo model in about a minute on two
@@ -310,7 +320,7 @@ def write_click_world(directory: str | Path, *, n_rows: int = 200_000, seed: int
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    df = click_world(n_rows, seed=seed)
+    df = click_world(n_rows, seed=seed, n_domains=n_domains, domain_tail=domain_tail)
     a, b = int(round(0.8 * n_rows)), int(round(0.9 * n_rows))
     paths = {}
     for name, part in (("train", df[:a]), ("valid", df[a:b]), ("test", df[b:])):

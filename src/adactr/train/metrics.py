@@ -20,6 +20,15 @@ result dict can go straight to ``json.dumps``. Undefined values (AUC with one cl
 
       RelaImp = ((AUC_model - 0.5) / (AUC_base - 0.5) - 1) * 100%
 
+  ``adactr evaluate --run R --base B`` reports it against the named base run ``B`` (:func:`relaimp_report`).
+* **domain_auc_mean** -- the count-weighted mean of per-domain AUC (the "GAUC over domains" that the
+  multi-domain benchmarks early-stop on, e.g. CDC's ``run.py``)::
+
+      domain_auc_mean = sum_d n_d * AUC_d / sum_d n_d      (over domains with a positive and a negative)
+
+  which is :func:`gauc` with the domain as the group; one-class domains are left out and counted in
+  ``domain_auc_excluded``.
+
 >>> import torch
 >>> auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
 0.75
@@ -35,7 +44,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["auc", "logloss", "gauc", "relaimp", "per_domain", "evaluate"]
+__all__ = ["auc", "logloss", "gauc", "relaimp", "relaimp_report", "per_domain", "domain_auc_mean", "evaluate"]
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -217,6 +226,40 @@ def relaimp(auc_model: float, auc_base: float) -> float:
     return ((auc_model - 0.5) / (auc_base - 0.5) - 1.0) * 100.0
 
 
+def relaimp_report(result: dict, base: dict) -> dict:
+    """RelaImp (percent) of one evaluation against a base run's evaluation of the same split: of ``auc``,
+    ``gauc`` and ``domain_auc_mean`` where both have them, and ``per_domain`` for the domains both report.
+
+    >>> r = relaimp_report({"auc": 0.76, "per_domain": {"a": {"auc": 0.7}}},
+    ...                    {"auc": 0.75, "per_domain": {"a": {"auc": 0.8}}})
+    >>> round(r["auc"], 6), round(r["per_domain"]["a"], 6)
+    (4.0, -33.333333)
+    """
+    out: dict = {k: relaimp(result[k], base[k]) for k in ("auc", "gauc", "domain_auc_mean")
+                 if k in result and k in base}
+    mine, theirs = result.get("per_domain") or {}, base.get("per_domain") or {}
+    if mine and theirs:
+        out["per_domain"] = {name: relaimp(d["auc"], theirs[name]["auc"]) for name, d in mine.items() if name in theirs}
+    return out
+
+
+def domain_auc_mean(per_domain_result: dict[str, dict]) -> tuple[float, dict[str, int]]:
+    """Count-weighted mean of per-domain AUC from a :func:`per_domain` result, and what was left out.
+
+    Domains with one class (AUC undefined) are left out of the mean; the second value counts them
+    (``{"domains": k, "rows": n}``). ``nan`` when no domain has both classes.
+
+    >>> domain_auc_mean({"a": {"auc": 0.5, "count": 10}, "b": {"auc": 1.0, "count": 30},
+    ...                  "c": {"auc": float("nan"), "count": 2}})
+    (0.875, {'domains': 1, 'rows': 2})
+    """
+    kept = [(d["count"], d["auc"]) for d in per_domain_result.values() if not math.isnan(d["auc"])]
+    left = [d["count"] for d in per_domain_result.values() if math.isnan(d["auc"])]
+    n = sum(c for c, _ in kept)
+    mean = sum(c * a for c, a in kept) / n if n else math.nan
+    return mean, {"domains": len(left), "rows": sum(left)}
+
+
 def per_domain(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -264,7 +307,8 @@ def evaluate(
     """All metrics of one evaluation as a JSON-serialisable dict.
 
     Keys: ``auc``, ``logloss``, ``count``; ``gauc`` when ``groups`` is given; ``per_domain`` (see
-    :func:`per_domain`) when ``domains`` is given. AUC and GAUC are taken on the logits, not on
+    :func:`per_domain`), ``domain_auc_mean`` and ``domain_auc_excluded`` (see :func:`domain_auc_mean`) when
+    ``domains`` is given. AUC and GAUC are taken on the logits, not on
     probabilities: the sigmoid is monotone, and in float32 it rounds large logits to exactly 1.0,
     which would create ties that the model did not make.
     """
@@ -274,6 +318,7 @@ def evaluate(
         result["gauc"] = gauc(logits, labels, groups)
     if domains is not None:
         result["per_domain"] = per_domain(logits, labels, domains, domain_names)
+        result["domain_auc_mean"], result["domain_auc_excluded"] = domain_auc_mean(result["per_domain"])
     elif domain_names is not None:
         raise ValueError("domain_names given without domains")
     return result
