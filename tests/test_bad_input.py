@@ -476,6 +476,25 @@ def test_ipinyou_released_field_map_is_taken_as_it_is_with_one_warning(tmp_path:
     assert _arrays(out)["test/seq_0"].tolist() == [[2, 3], [4, 0], [2, 0], [0, 0]]  # 4 twice first, then 5, 7
 
 
+def test_a_run_on_ipinyou_predicts_raw_rows_with_its_field_map(tmp_path: Path, capsys) -> None:
+    """The map travels with the prepared data into the run: predict reads raw libFM rows as prepare did."""
+    path = _write(tmp_path / "train.yzx.txt", _bytes(IPINYOU))
+    fmap = _write(tmp_path / "featindex.txt", FEATINDEX)
+    out = tmp_path / "out"
+    assert _run(["prepare", "--format", "libfm", "--train", str(path), "--valid", str(path), "--test", str(path),
+                 "--field-map", str(fmap), "--out", str(out), "--quiet"], capsys)[0] == 0
+    run = tmp_path / "run"
+    code, _, err = _run(["train", "--data", str(out), "--model", "lr", "--out", str(run), "--quiet",
+                         "--set", "train.epochs=1"], capsys)
+    assert code == 0, err
+    fmap.unlink()  # the run needs no file outside it
+    code, _, err = _run(["predict", "--run", str(run), "--input", str(path), "--output", str(tmp_path / "p.csv"),
+                         "--quiet"],
+                        capsys)
+    assert (code, err) == (0, ""), err
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 4
+
+
 @pytest.mark.parametrize(("fmap", "data", "error"), [
     (b"1:a\t1\n1:b\t2\n1:c\t1 x\n", "0 1:1\n", "{m}, row 3: index 1 appears twice"),
     (b"1:a\t1\n1:b\n", "0 1:1\n\n1 2:1\n", "{f}, row 3: feature index 2 is not in the field map {m}"),

@@ -245,6 +245,8 @@ def prepare(req: PrepareRequest, *, progress: bool = True) -> Schema:
         (tmp / "vocab").mkdir()
         for name, vocab in vocabs.items():
             (tmp / "vocab" / vocab_file(name)).write_text(json.dumps(vocab))
+        if req.field_map is not None:  # a run predicts raw libFM rows with the map its data was prepared with
+            shutil.copyfile(req.field_map, tmp / "vocab" / FIELD_MAP_FILE)
         for s, arrays in encoded.items():
             (tmp / s).mkdir()
             for key, arr in arrays.items():
@@ -300,9 +302,14 @@ def _replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# the libFM field map (``--field-map``) as prepare found it, kept beside the vocabularies: the run directory
+# copies vocab/, so ``adactr predict`` reads raw libFM rows with the same map
+FIELD_MAP_FILE = "libfm_field_map.txt"
+
+
 def load_vocabs(directory: Path) -> dict[str, list]:
     return {unquote(p.stem): json.loads(p.read_text()) for p in sorted((directory / "vocab").glob("*.json"))}
 
 
 __all__ = ["Format", "PRESETS", "PrepareRequest", "SplitSpec", "prepare", "read_raw", "editor_rows", "load_vocabs",
-           "vocab_file"]
+           "vocab_file", "FIELD_MAP_FILE"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from adactr import __version__
 from adactr.config import override, to_dict
 from adactr.data.schema import Schema
 from adactr.data.tensors import SplitArrays
-from adactr.errors import AdactrError, DataError
+from adactr.errors import AdactrError, DataError, DataWarning
 from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train import checkpoint
@@ -193,7 +194,7 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
     import polars as pl
 
     from adactr.data.encode import encode
-    from adactr.data.prepare import Format, editor_rows, load_vocabs, read_raw
+    from adactr.data.prepare import FIELD_MAP_FILE, Format, editor_rows, load_vocabs, read_raw
 
     dev = pick_device(device)
     model, schema, config, _ = load_run(run, dev)
@@ -203,7 +204,10 @@ def predict_file(*, run: Path, input: Path, output: Path, fmt: str | None = None
             bar.update(1)
 
         raw_format = Format(fmt or schema.source_format)
-        df = read_raw(raw_format, input)
+        field_map = run / "vocab" / FIELD_MAP_FILE  # libFM data prepared with --field-map
+        with warnings.catch_warnings():  # the map's odd lines were reported once, by prepare
+            warnings.simplefilter("ignore", DataWarning)
+            df = read_raw(raw_format, input, field_map=field_map if field_map.exists() else None)
         stage("read")
         missing = [f.name for f in schema.fields if f.name not in df.columns]
         if missing:
