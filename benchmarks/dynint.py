@@ -1,7 +1,8 @@
 """DynInt's experiments (Yan & Li, DLP-KDD 2022, §4) on the data we have: tables printed as Markdown.
 
     # Table 1: every baseline and the four PIN models, embedding 16, batch 4096, 3 seeds
-    python benchmarks/dynint.py table1 --data bench_out/prepared/frappe --jobs 2 --cache bench_out/dynint-cache
+    python benchmarks/dynint.py table1 --data bench_out/prepared/frappe --jobs 2 --cache bench_out/dynint-cache \
+        --deep-set model.dropout=0.2 --deep-set model.batch_norm=true --deep-set train.embedding_l2=0.1
     # Table 2: the interaction layers without their DNN
     python benchmarks/dynint.py table2 --data bench_out/prepared/frappe --cache bench_out/dynint-cache
     # Table 3 (depth) / Table 4 (sub-spaces) / Fig. 6 (DGP K, DWP K) / Fig. 7a (reduction ratio): one key swept,
@@ -56,6 +57,10 @@ BARS_FRAPPE = {"lr": (0.9356, 0.3076), "fm": (0.9671, 0.2065), "dnn": (0.9833, 0
                "dcnv2": (0.9845, 0.1491), "xdeepfm": (0.9841, 0.1461), "autoint": (0.9831, 0.1637),
                "ipnn": (0.9841, 0.1540)}
 TABLE1 = list(PAPER_CRITEO)
+# models without a DNN tower: --deep-set does not apply to them
+SHALLOW = {"lr", "fm", "xdeepint", "dynint_da", "dynint_dgp", "dynint_dwp"}
+# the paper's AutoInt row: AutoInt+ (its DNN beside the attention), the form BARS tunes
+PER_MODEL = {"autoint": ["model.autoint_plus=true"]}
 DYNINT = ["dynint_da", "dynint_dgp", "dynint_dwp"]
 PAPER_SETS = ["model.embedding_dim=16", "train.batch_size=4096"]  # §4.1.4
 
@@ -73,10 +78,13 @@ def _models(arg: str, default: list[str]) -> list[str]:
 def table1(args: argparse.Namespace) -> None:
     models = _models(args.models, TABLE1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    res = run_grid(args.data, models, seeds, [*PAPER_SETS, *args.set], jobs=args.jobs, cache=args.cache)[""]
+    per_model = {m: [*PER_MODEL.get(m, []), *([] if m in SHALLOW else args.deep_set)] for m in models}
+    res = run_grid(args.data, models, seeds, [*PAPER_SETS, *args.set], per_model, jobs=args.jobs,
+                   cache=args.cache)[""]
     bars = "frappe" in str(args.data).lower()
     print(f"\nDynInt Table 1 on {args.data.name} ({len(seeds)} seeds, test split, mean ± std; embedding 16, "
-          f"batch 4096{'; ' + ' '.join(args.set) if args.set else ''})")
+          f"batch 4096{'; ' + ' '.join(args.set) if args.set else ''}; models with a DNN: "
+          f"{' '.join(args.deep_set) or 'defaults'}; autoint = AutoInt+)")
     head = ["model", "AUC", "LogLoss", "params", "adaptivity", "paper Criteo AUC", "paper Criteo LogLoss"]
     if bars:
         head += ["BARS Frappe AUC"]
@@ -113,7 +121,7 @@ TABLE2 = {
 def table2(args: argparse.Namespace) -> None:
     models = _models(args.models, list(TABLE2))
     seeds = [int(s) for s in args.seeds.split(",")]
-    per_model = {m: TABLE2[m][1] for m in models}
+    per_model = {m: [*TABLE2[m][1], *([] if m in SHALLOW else args.deep_set)] for m in models}
     res = run_grid(args.data, models, seeds, [*PAPER_SETS, *args.set], per_model, jobs=args.jobs,
                    cache=args.cache)[""]
     print(f"\nDynInt Table 2 on {args.data.name}: interaction layers without their DNN ({len(seeds)} seeds, test "
@@ -164,7 +172,8 @@ def orthogonal(args: argparse.Namespace) -> None:
     for model in ("dynint_dgp", "dynint_dwp"):
         for rate in rates:
             sets = [*PAPER_SETS, *args.set, f"model.pin.orthogonal={rate}", f"train.seed={args.seed}",
-                    "train.progress=false", "train.eval_every_steps=10"]
+                    "train.progress=false", "train.eval_every_steps=25",
+                    "train.patience=4"]  # evaluations twice an epoch: patience of the usual 2 epochs
             with tempfile.TemporaryDirectory() as tmp:
                 r = train_run(data=args.data, model_name=model, out=Path(tmp) / "run",
                               config=override(RunConfig(), parse_sets(sets)))
@@ -387,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--models", default="")
         p.add_argument("--seeds", default="1,2,3")
         p.add_argument("--set", action="append", default=[], help="override for every run")
+        p.add_argument("--deep-set", action="append", default=[],
+                       help="override for the models with a DNN tower (their tuned dropout, batch norm, L2)")
         p.add_argument("--jobs", type=int, default=1)
         p.add_argument("--cache", type=Path, help="directory of finished runs (reused; empty it after code changes)")
         p.add_argument("--out", type=Path, help="all results as JSON")

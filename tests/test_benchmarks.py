@@ -84,3 +84,15 @@ def test_dynint_fig4_reads_the_pin_weights_of_a_run(world_data, tmp_path, capsys
     assert dynint.main(["fig4", "--run", str(tmp_path / "run"), "--png", str(tmp_path / "f4.png")]) == 0
     out = capsys.readouterr().out
     assert "| pin.layers.1.W |" in out and (tmp_path / "f4.png").stat().st_size > 1000
+
+
+def test_dynint_orthogonal_rates_curve(world_data, tmp_path, capsys):
+    import dynint
+
+    tiny = [x for s in TINY for x in ("--set", s)]
+    assert dynint.main(["orthogonal", "--data", str(world_data), "--rates", "0,0.1", *tiny,
+                        "--png", str(tmp_path / "f7b.png")]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| dynint_")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| dynint_dgp", "0"], ["| dynint_dgp", "0.1"],
+                                                  ["| dynint_dwp", "0"], ["| dynint_dwp", "0.1"]]
+    assert (tmp_path / "f7b.png").stat().st_size > 1000

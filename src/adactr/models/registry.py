@@ -62,10 +62,11 @@ DEEP = TrainDefaults()
 # takes the 1e-4 of its README row.
 LR_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=0.0)
 FM_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=1e-4)
-# xDeepInt / DynInt: like FM, every interaction is a product of embeddings, which start at 1e-4 and move at
-# most ~lr per Adam step. Frappe_x1, xDeepInt, seed 1, test AUC: lr 1e-3 0.9244 (stopped at epoch 4 while
-# still near LR), 1e-2 0.9810; at 1e-2 with embedding L2 1e-4: 0.9785 (`python benchmarks/dynint.py`). The
-# paper trains its PIN layers with FTRL at lr 1e-2..1e-1 (§4.1.4).
+# xDeepInt / DynInt: like FM, every interaction is a product of embeddings, which move at most ~lr per Adam
+# step. Frappe_x1, xDeepInt, embedding 10 at std 1e-4, seed 1, test AUC: lr 1e-3 0.9244 (stopped at epoch
+# 4 while still near LR), 1e-2 0.9810; at 1e-2 with embedding L2 1e-4: 0.9785 (`adactr train --data
+# prepared/frappe --model xdeepint --set train.seed=1 --set train.lr=...`; docs/dynint.md). The paper trains
+# its PIN layers with FTRL at lr 1e-2..1e-1 (§4.1.4).
 PIN_DEFAULTS = TrainDefaults(lr=1e-2, embedding_l2=1e-3)
 
 
