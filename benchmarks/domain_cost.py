@@ -23,6 +23,12 @@ the median and the min-max of samples/s over rounds and the per-sample cost rela
 layer: one 400 -> 400 layer, forward + backward, grouped (``DomainLinear``) against gathering each sample's
 matrix (``W[d]`` as a (B, 400, 400) tensor, then a batched product: 2.6 GB at B = 4096) -- the two ways
 to give each sample its own domain's weights; ``--gather-batch`` sets the batch of both.
+
+models: training steps (forward, backward and an Adam step) of each multi-domain model (Shared-Bottom, MMoE,
+PLE, STAR, default settings) on the same rows of a prepared click world (``--data``), their domains
+redrawn long-tailed among 3, 30 and 300 domains, and DNN (no domains) for scale::
+
+    python benchmarks/domain_cost.py models --threads 1 --rounds 3
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -166,9 +173,62 @@ def run_layer(args: argparse.Namespace) -> None:
             print(f"| {name} | {n} | {statistics.median(sps):,.0f} | {min(sps):,.0f}-{max(sps):,.0f} |")
 
 
+def run_models(args: argparse.Namespace) -> None:
+    """Training steps (forward, backward, Adam step) of the multi-domain models on the same click-world rows,
+    the rows' domains redrawn long-tailed among 3, 30, 300 domains; DNN beside them (no domains)."""
+    from dataclasses import replace
+
+    from adactr.data.schema import Schema
+    from adactr.data.tensors import SplitArrays
+    from adactr.models.config import ModelConfig
+    from adactr.models.registry import build_model, resolve_model_config
+
+    schema = Schema.load(args.data / "schema.json")
+    rows = SplitArrays.load(args.data / "train").to_tensors(torch.device("cpu"), slice(0, args.batch * args.batches))
+    batches = list(rows.batches(args.batch))
+    counts = [int(v) for v in args.domains.split(",")]
+    names = args.models.split(",")
+    cases = [(m, n) for n in counts for m in names if not (m == "dnn" and n != counts[0])]
+    ids = {n: [domain_ids(b.size, n, seed=i) for i, b in enumerate(batches)] for n in counts}
+    built = {}
+    for m, n in cases:
+        torch.manual_seed(0)
+        layout = replace(schema.layout(), n_domains=n + RESERVED)
+        model = build_model(m, layout=layout, config=resolve_model_config(m, ModelConfig())).train()
+        built[(m, n)] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+
+    def train_step(m: str, n: int) -> None:
+        model, opt = built[(m, n)]
+        for b, d in zip(batches, ids[n], strict=True):
+            opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(b._replace(domain=d)), b.label).backward()
+            opt.step()
+
+    for c in cases:  # warm-up
+        train_step(*c)
+    seconds: dict[tuple[str, int], list[float]] = {c: [] for c in cases}
+    for _ in range(args.rounds):
+        for c in cases:
+            seconds[c].append(timed(lambda c=c: train_step(*c), 1) / len(batches))
+    print(f"training steps (forward, backward, Adam) on {args.data}, {len(batches)} batches of {args.batch}, "
+          f"default model settings, {torch.get_num_threads()} thread(s), {args.rounds} interleaved rounds")
+    print("| model | domains | samples/s median | min-max | cost per sample vs 3 domains |")
+    print("|---|---:|---:|---:|---:|")
+    for m in names:
+        base = None
+        for n in counts:
+            if (m, n) not in seconds:
+                continue
+            sps = [args.batch / t for t in seconds[(m, n)]]
+            med = statistics.median(sps)
+            base = base if base is not None else med
+            label = "(no domains)" if m == "dnn" else str(n)
+            print(f"| {m} | {label} | {med:,.0f} | {min(sps):,.0f}-{max(sps):,.0f} | {base / med:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="tower", choices=["tower", "layer"])
+    ap.add_argument("what", nargs="?", default="tower", choices=["tower", "layer", "models"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the default)")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--dims", default="400,400,400,400", help="input width, then the hidden widths")
@@ -179,12 +239,16 @@ def main() -> None:
     ap.add_argument("--gather-batch", type=int, default=4096, help="layer: the batch of both ways")
     ap.add_argument("--fresh-memory", action="store_true",
                     help="time outside the trainer's keep-freed-memory allocator scope")
+    ap.add_argument("--data", type=Path, default=Path("bench_out/prepared/click-world-300"),
+                    help="models: a prepared data set (its rows; the domains are redrawn)")
+    ap.add_argument("--models", default="dnn,shared_bottom,mmoe,ple,star", help="models: which")
+    ap.add_argument("--batches", type=int, default=3, help="models: batches per timed pass")
     args = ap.parse_args()
     global KEEP_FREED
     KEEP_FREED = not args.fresh_memory
     if args.threads:
         torch.set_num_threads(args.threads)
-    (run_tower if args.what == "tower" else run_layer)(args)
+    {"tower": run_tower, "layer": run_layer, "models": run_models}[args.what](args)
 
 
 if __name__ == "__main__":

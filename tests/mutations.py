@@ -42,6 +42,8 @@ TRAINER = "tests/test_trainer.py"
 ADAPTIVITY = "tests/test_adaptivity.py"
 FTRL_T = "tests/test_ftrl.py"
 PIN = "tests/test_pin.py"
+MULTIDOMAIN = "tests/test_multidomain.py"
+MD_FORMULAS = "tests/test_formulas.py::test_multidomain_model_equals_its_formula"
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,34 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("per-domain-count-all", "src/adactr/train/metrics.py",
              '"count": int(y.numel()),', '"count": int(mask.numel()),',
              (METRICS,), "each domain's count is the whole split"),
+    # ---- multi-domain models ----------------------------------------------------------------------------
+    Mutation("domain-tower-output-shared", "src/adactr/nn/multidomain.py",
+             "output_dim=1, output_layer=per_domain)", "output_dim=1)",
+             (MD_FORMULAS,), "the towers' output layer shared by every domain (only the hidden layers per domain)"),
+    Mutation("gate-softmax-over-batch", "src/adactr/nn/multidomain.py",
+             "        return torch.softmax(self.linear(x, cond), dim=-1)  # (B, n)",
+             "        return torch.softmax(self.linear(x, cond), dim=0)  # (B, n)",
+             (MD_FORMULAS,), "MMoE / PLE gates normalised over the batch instead of over the experts"),
+    Mutation("ple-shared-experts-on-domain-path", "src/adactr/models/ple.py",
+             "[e(x_s, groups) for e in self.shared]", "[e(x_d, groups) for e in self.shared]",
+             (MD_FORMULAS,), "PLE's shared experts fed the domain path's input above the first level"),
+    Mutation("ple-no-shared-gate", "src/adactr/models/ple.py",
+             "self.shared_gate = None if last else Gate(", "self.shared_gate = None if True else Gate(",
+             (MD_FORMULAS,), "PLE without the shared module's gate: every level reads the embeddings (CGC x L)"),
+    Mutation("pn-batch-statistics-in-eval", "src/adactr/nn/multidomain.py",
+             "        if self.training:  # each row's own domain's batch statistics",
+             "        if True:  # each row's own domain's batch statistics",
+             (MD_FORMULAS, MULTIDOMAIN), "STAR's PN normalises by the batch in evaluation too (Scenario-Wise-Rec)"),
+    Mutation("pn-domain-affine-dropped", "src/adactr/nn/multidomain.py",
+             "return (self.gamma * gamma_p) * (x - mu)", "return self.gamma * (x - mu)",
+             (MD_FORMULAS, MULTIDOMAIN), "PN without the domain's own γ_p"),
+    Mutation("pn-stats-of-the-whole-batch", "src/adactr/nn/multidomain.py",
+             "mean = x.new_zeros(R, C).index_add(0, d, x) / n.clamp_min(1).unsqueeze(1)  # (R, C)",
+             "mean = x.mean(0).expand(R, C)  # (R, C)",
+             (MULTIDOMAIN,), "PN's training mean over the mixed batch, not per domain"),
+    Mutation("star-no-aux", "src/adactr/models/star.py",
+             "return (s_m + s_a).squeeze(-1)", "return s_m.squeeze(-1)",
+             (MD_FORMULAS,), "STAR without its auxiliary network's logit"),
     # ---- train ----------------------------------------------------------------------------------------
     Mutation("keep-last-not-best", "src/adactr/train/trainer.py",
              "model.load_state_dict(best_state)", "pass",

@@ -30,8 +30,10 @@ from adactr.data.tensors import Batch
 from adactr.models.config import CrossStructure, ModelConfig, TowerLayer
 from adactr.models.registry import MODELS, build_model
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
+from adactr.nn.domain import DomainLinear, StarLinear
 from adactr.nn.embedding import FieldEmbedding
 from adactr.nn.interaction import BilinearType
+from adactr.nn.multidomain import MultiDomainConfig, PartitionedNorm
 from adactr.nn.pin import PINConfig
 
 # Fields, in the order of the (B, F, D) output: a, b, c categorical (3, 5, 4 values), x numerical,
@@ -379,6 +381,106 @@ REFERENCES: dict[str, Callable] = {
 }
 
 
+# ---- the multi-domain models: each sample through its own domain's parameters --------------------------
+# Domain ids 0 <missing>, 1 <unseen>, then domains 2..5 (one, 3, absent from the batch).
+
+DOMAIN_LAYOUT = replace(LAYOUT, n_domains=6)
+DOMAIN_CONFIG = replace(CONFIG, multidomain=MultiDomainConfig(experts=2, expert_hidden=(4, 3), tower_hidden=(2,),
+                                                              specific_experts=2, levels=2, aux_hidden=(3,)))
+DOMAINS = (2, 5, 0, 2, 1)
+
+
+def _domain_batch(seed: int = 0) -> Batch:
+    return _batch(seed)._replace(domain=torch.tensor(DOMAINS))
+
+
+def _post(tower: nn.Module, i: int, x: Vec) -> Vec:
+    """Batch norm (evaluation: running statistics) where the tower has one, then relu."""
+    for bn in (m for m in tower.post[i] if isinstance(m, nn.BatchNorm1d)):
+        x = [(v - m) / math.sqrt(var + bn.eps) * g + beta for v, m, var, g, beta in
+             zip(x, _t(bn.running_mean), _t(bn.running_var), _t(bn.weight), _t(bn.bias), strict=True)]
+    return relu(x)
+
+
+def own_linear(layer: nn.Module, x: Vec, d: int) -> Vec:
+    """W_d x + b_d (DomainLinear); (W ⊙ W_d) x + (b + b_d), or the centre W x + b for ids 0, 1 (StarLinear)."""
+    if isinstance(layer, DomainLinear):
+        return add(matvec(_t(layer.weight[d]), x), _t(layer.bias[d]))
+    assert isinstance(layer, StarLinear), f"{type(layer).__name__} where a per-domain layer belongs"
+    if d < 2:
+        return add(matvec(_t(layer.W), x), _t(layer.b))
+    W, Wd = _t(layer.W), _t(layer.W_p[d - 2])
+    return add(matvec([mul(r, rd) for r, rd in zip(W, Wd, strict=True)], x), add(_t(layer.b), _t(layer.b_p[d - 2])))
+
+
+def own_mlp(tower: nn.Module, x: Vec, d: int) -> Vec:
+    """A tower whose layers (and output layer, if any) are domain d's own."""
+    for i, layer in enumerate(tower.layers):
+        x = _post(tower, i, own_linear(layer, x, d))
+    return x if tower.out is None else own_linear(tower.out, x, d)
+
+
+def ref_shared_bottom(model, batch, b):  # Caruana: a shared bottom, then the row's own domain's tower
+    d = int(batch.domain[b])
+    return own_mlp(model.towers, mlp(model.bottom, flat(fields(model.embedding, batch, b))), d)[0]
+
+
+def _mixed(w: Vec, experts: list[Vec]) -> Vec:
+    return [sum(w[k] * e[j] for k, e in enumerate(experts)) for j in range(len(experts[0]))]
+
+
+def ref_mmoe(model, batch, b):  # Ma et al.: h^d(sum_k g^d(x)_k f_k(x)), g^d = softmax(W_{g,d} x + b_{g,d})
+    d, x = int(batch.domain[b]), flat(fields(model.embedding, batch, b))
+    w = softmax(own_linear(model.gate.linear, x, d))
+    return own_mlp(model.towers, _mixed(w, [mlp(e, x) for e in model.experts]), d)[0]
+
+
+def ref_ple(model, batch, b):  # Tang et al.: CGC levels, the domain's and the shared module's gates, a tower
+    d = int(batch.domain[b])
+    x_d = x_s = flat(fields(model.embedding, batch, b))
+    for level in model.levels:
+        experts = [own_mlp(e, x_d, d) for e in level.specific] + [mlp(e, x_s) for e in level.shared]
+        new_d = _mixed(softmax(own_linear(level.domain_gate.linear, x_d, d)), experts)
+        if level.shared_gate is not None:
+            x_s = _mixed(softmax(linear(level.shared_gate.linear, x_s)), experts)
+        x_d = new_d
+    return own_mlp(model.towers, x_d, d)[0]
+
+
+def ref_star(model, batch, b):  # Sheng et al.: PN (eval: the domain's running statistics), star FCN, + aux
+    d, x = int(batch.domain[b]), flat(fields(model.embedding, batch, b))
+    pn = model.norm
+    own = int(pn.tracked[d]) > 0  # a domain never updated in training: the statistics of all rows
+    mu, var = (_t(pn.running_mean[d]), _t(pn.running_var[d])) if own else (_t(pn.shared_mean), _t(pn.shared_var))
+    g, beta = _t(pn.gamma), _t(pn.beta)
+    if d >= 2:
+        g, beta = mul(g, _t(pn.gamma_p[d - 2])), add(beta, _t(pn.beta_p[d - 2]))
+    z = [gj * (v - m) / math.sqrt(s + pn.eps) + bj for v, m, s, gj, bj in zip(x, mu, var, g, beta, strict=True)]
+    s_m = own_mlp(model.fcn, z, d)[0]
+    s_a = mlp(model.aux, _t(model.domain_embedding[d]) + z)[0]
+    return s_m + s_a
+
+
+DOMAIN_REFERENCES: dict[str, Callable] = {
+    "shared_bottom": ref_shared_bottom, "mmoe": ref_mmoe, "ple": ref_ple, "star": ref_star,
+}
+
+
+def _randomised_domains(model: nn.Module) -> nn.Module:
+    """:func:`_randomised`, and PN's running statistics redrawn, domain 2 marked never updated."""
+    model = _randomised(model)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, PartitionedNorm):
+                for buf in (m.running_mean, m.shared_mean):
+                    buf.copy_(torch.randn(buf.shape, generator=g, dtype=torch.float64) * 0.3)
+                for buf in (m.running_var, m.shared_var):
+                    buf.copy_(torch.rand(buf.shape, generator=g, dtype=torch.float64) + 0.5)
+                m.tracked.copy_(torch.tensor([3, 1, 0, 5, 2, 4]))
+    return model
+
+
 def _check(model: nn.Module, ref: Callable, batch: Batch | None = None) -> None:
     batch = batch or _batch()
     with torch.no_grad():
@@ -391,13 +493,21 @@ def _check(model: nn.Module, ref: Callable, batch: Batch | None = None) -> None:
 
 def test_every_registered_model_has_a_formula_test() -> None:
     # A new model must bring its reference here (the rule in this module's docstring).
-    assert set(REFERENCES) == set(MODELS)
+    assert set(REFERENCES) | set(DOMAIN_REFERENCES) == set(MODELS)
 
 
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_model_equals_its_formula(name: str) -> None:
     model = _randomised(build_model(name, layout=LAYOUT, config=CONFIG))
     _check(model, REFERENCES[name])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("name", list(DOMAIN_REFERENCES))
+def test_multidomain_model_equals_its_formula(name: str, batch_norm: bool) -> None:
+    cfg = replace(DOMAIN_CONFIG, batch_norm=batch_norm, dropout=0.3 if batch_norm else 0.0)
+    model = _randomised_domains(build_model(name, layout=DOMAIN_LAYOUT, config=cfg))
+    _check(model, DOMAIN_REFERENCES[name], _domain_batch())
 
 
 @pytest.mark.parametrize("name", ["dnn", "deepfm", "dcnv2", "fibinet"])

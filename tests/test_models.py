@@ -19,8 +19,10 @@ from adactr.models.dcnv2 import DCNv2
 from adactr.models.registry import MODELS, build_model
 from adactr.nn.mlp import Linear
 
+# Five domain ids (the two reserved ones and three domains): the multi-domain models need them, the
+# others ignore Batch.domain.
 LAYOUT = FieldLayout(names=("a", "b", "c", "x", "y", "s"), cat_sizes=(5, 7, 4), n_num=2, seq_sizes=(6,),
-                     seq_pooling=(Pooling.MEAN,))
+                     seq_pooling=(Pooling.MEAN,), n_domains=5)
 # Larger init than the default 1e-4 so that a gradient through the embeddings is clearly non-zero.
 CONFIG = ModelConfig(embedding_dim=4, embedding_init_std=0.1, hidden=(8, 4), cross_layers=2)
 D_IN = LAYOUT.n_fields * CONFIG.embedding_dim  # 6 fields x 4 = 24
@@ -33,7 +35,8 @@ def _batch(B: int, seed: int = 0) -> Batch:
     cat = torch.stack([torch.randint(0, n, (B,), generator=g) for n in LAYOUT.cat_sizes], dim=1)
     seq = torch.randint(0, 6, (B, 3), generator=g)  # 0 = padding
     return Batch(cat=cat, num=torch.randn(B, 2, generator=g), seq=(seq,),
-                 label=torch.randint(0, 2, (B,), generator=g).float())
+                 label=torch.randint(0, 2, (B,), generator=g).float(),
+                 domain=torch.randint(0, LAYOUT.n_domains, (B,), generator=g))
 
 
 def test_registry_names() -> None:

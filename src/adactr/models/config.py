@@ -8,6 +8,7 @@ from enum import Enum
 from adactr.nn.apg import APGConfig
 from adactr.nn.interaction import BilinearType
 from adactr.nn.mlp import Activation
+from adactr.nn.multidomain import MultiDomainConfig
 from adactr.nn.pin import PINConfig
 
 
@@ -66,3 +67,6 @@ class ModelConfig:
     # (with tower_layer=apg: W_l of eq. 1 in DCNv2 / w_l of eq. 3 in DCN generated per instance).
     # DCNv2 needs the full-rank cross (cross_rank=0) for this.
     adaptive_cross: bool = False
+    # Shared-Bottom, MMoE, PLE and STAR (issue 15): experts, per-domain towers, PLE levels, STAR's auxiliary
+    # network (nn/multidomain.py gives each default its reason)
+    multidomain: MultiDomainConfig = field(default_factory=MultiDomainConfig)

@@ -23,7 +23,11 @@ from adactr.models.dnn import DNN
 from adactr.models.fibinet import FiBiNET
 from adactr.models.fm import FM
 from adactr.models.lr import LR
+from adactr.models.mmoe import MMoE
+from adactr.models.ple import PLE
 from adactr.models.pnn import IPNN, OPNN, PNNStar
+from adactr.models.shared_bottom import SharedBottom
+from adactr.models.star import STAR
 from adactr.models.wdl import WideDeep
 from adactr.models.xdeepfm import XDeepFM
 from adactr.models.xdeepint import DynIntDA, DynIntDGP, DynIntDWP, XDeepInt
@@ -132,6 +136,15 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                                              "Crafted Combinatorial Features, KDD 2016"),
     ModelEntry("xdeepfm", XDeepFM, "Lian et al., xDeepFM: Combining Explicit and Implicit Feature Interactions "
                                    "for Recommender Systems, KDD 2018 (CIN direct or cin_split_half)"),
+    # multi-domain (need data prepared with --domain): every per-domain part computed for a row's own domain
+    ModelEntry("shared_bottom", SharedBottom, "Caruana, Multitask Learning, Machine Learning 1997 (Shared-Bottom: "
+                                              "a shared bottom, one tower per domain)"),
+    ModelEntry("mmoe", MMoE, "Ma et al., Modeling Task Relationships in Multi-task Learning with Multi-gate "
+                             "Mixture-of-Experts, KDD 2018 (a gate and a tower per domain)"),
+    ModelEntry("ple", PLE, "Tang et al., Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) "
+                           "Model for Personalized Recommendations, RecSys 2020 (per-domain specific experts)"),
+    ModelEntry("star", STAR, "Sheng et al., One Model to Serve All: Star Topology Adaptive Recommender for "
+                             "Multi-Domain CTR Prediction, CIKM 2021"),
 )}
 
 
@@ -179,6 +192,8 @@ def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
     condition = APGCondition(layout=layout, config=config.apg, embedding_dim=config.embedding_dim)
     factory = apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions)
     model = entry.cls(layout=layout, config=config, layer=factory)
+    if model.condition is not None:  # a multi-domain model: its condition is the domain
+        raise ConfigError(f"model {name!r} has its own condition (the domain), so {which} cannot be applied")
     if not any(isinstance(m, APGLinear) for m in model.modules()):
         raise ConfigError(f"model {name!r} has no deep tower for {which}")
     factory.check_built()

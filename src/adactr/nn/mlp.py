@@ -151,13 +151,15 @@ class MLP(nn.Module):
     """input -> [layer -> (batch norm) -> activation -> (dropout)] x len(hidden) -> (output layer).
 
     ``output_dim=None`` leaves the last hidden activations as the output (for parallel structures that
-    concatenate towers); otherwise a final static layer made by ``output_layer`` maps to ``output_dim``.
+    concatenate towers); otherwise a final layer made by ``output_layer`` (a static :class:`Linear` unless
+    given; it gets ``cond`` like the hidden layers, so a per-domain tower's output layer can be per-domain)
+    maps to ``output_dim``.
     """
 
     def __init__(self, *, input_dim: int, hidden: Sequence[int], output_dim: int | None = 1,
                  layer: LayerFactory = Linear, activation: Activation = Activation.RELU,
                  dropout: float = 0.0, batch_norm: bool = False,
-                 output_layer: Callable[[int, int], Linear] = Linear) -> None:
+                 output_layer: LayerFactory = Linear) -> None:
         super().__init__()
         if input_dim <= 0 or any(h <= 0 for h in hidden):
             raise ValueError(f"MLP sizes must be positive, got input {input_dim} and hidden {list(hidden)}")
@@ -173,4 +175,4 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         for layer, post in zip(self.layers, self.post, strict=True):
             x = post(layer(x, cond))  # (B, h)
-        return self.out(x) if self.out is not None else x
+        return self.out(x, cond) if self.out is not None else x  # a per-domain output layer reads cond too
