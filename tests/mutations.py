@@ -44,6 +44,8 @@ FTRL_T = "tests/test_ftrl.py"
 PIN = "tests/test_pin.py"
 MULTIDOMAIN = "tests/test_multidomain.py"
 MD_FORMULAS = "tests/test_formulas.py::test_multidomain_model_equals_its_formula"
+ADASPARSE = "tests/test_adasparse.py"
+AS_FORMULAS = "tests/test_formulas.py::test_adasparse_backbones_equal_the_formula_and_so_does_the_served_form"
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,22 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("star-no-aux", "src/adactr/models/star.py",
              "return (s_m + s_a).squeeze(-1)", "return s_m.squeeze(-1)",
              (MD_FORMULAS,), "STAR without its auxiliary network's logit"),
+    # ---- AdaSparse -------------------------------------------------------------------------------------
+    Mutation("adasparse-sign-not-step", "src/adactr/nn/adasparse.py",
+             "return (x > 0).to(x.dtype)", "return torch.sign(x)",
+             (ADASPARSE, AS_FORMULAS), "the public code's sign(): -1 below ε, so a pruned neuron is negated"),
+    Mutation("adasparse-no-straight-through", "src/adactr/nn/adasparse.py",
+             "    def backward(ctx, g: Tensor) -> Tensor:\n        return g",
+             "    def backward(ctx, g: Tensor) -> Tensor:\n        return torch.zeros_like(g)",
+             (ADASPARSE,), "Binarization's step with its true (zero) gradient: the pruner never learns"),
+    Mutation("adasparse-penalty-inside-band", "src/adactr/nn/adasparse.py",
+             "lam = torch.where(inside, torch.zeros_like(r_d), self.lambda_hat.value * gap.detach())",
+             "lam = self.lambda_hat.value * gap.detach()",
+             (ADASPARSE,), "eq. (10) without its band: the regulariser pulls to r even inside [r_min, r_max]"),
+    Mutation("schedule-not-saved", "src/adactr/nn/schedule.py",
+             'self.register_buffer("value", torch.tensor(float(start)))',
+             'self.register_buffer("value", torch.tensor(float(start)), persistent=False)',
+             (ADASPARSE,), "α and λ̂ not in the state_dict: --resume restarts them (the public code's plain attribute)"),
     # ---- train ----------------------------------------------------------------------------------------
     Mutation("keep-last-not-best", "src/adactr/train/trainer.py",
              "model.load_state_dict(best_state)", "pass",

@@ -29,6 +29,7 @@ from adactr.data.schema import FieldLayout, Pooling
 from adactr.data.tensors import Batch
 from adactr.models.config import CrossStructure, ModelConfig, TowerLayer
 from adactr.models.registry import MODELS, build_model
+from adactr.nn.adasparse import AdaSparseConfig, FactorForm, PrunedLinear
 from adactr.nn.apg import APGConfig, APGVersion, ConditionMode
 from adactr.nn.domain import DomainLinear, StarLinear
 from adactr.nn.embedding import FieldEmbedding
@@ -638,6 +639,63 @@ def test_collapse_carries_a_nonzero_static_bias() -> None:
     x = torch.randn(B, layer.in_features, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(served(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+# ---- AdaSparse in a backbone, and its served form --------------------------------------------------
+
+def _sig(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def _adasparse_layer(layer, x: Vec, e_d: Vec) -> tuple[Vec, Vec]:
+    """Yang et al. eqs. (2)-(8): v = W_p [e_d; h] + b_p, π by the form, y = W (h ⊙ π) + b; returns (y, π)."""
+    c, alpha = layer.config, float(layer.alpha.value)
+    v = add(matvec(_t(layer.pruner.weight), e_d + x), _t(layer.pruner.bias))
+    if c.form is FactorForm.BINARIZATION:
+        pi = [1.0 if _sig(alpha * vj) - c.epsilon > 0 else 0.0 for vj in v]
+    elif c.form is FactorForm.SCALING:
+        pi = [c.beta * _sig(vj) for vj in v]
+    else:
+        pi = [c.beta * _sig(alpha * vj) if c.beta * _sig(alpha * vj) - c.epsilon > 0 else 0.0 for vj in v]
+    return linear(layer.linear, mul(x, pi)), pi
+
+
+@pytest.mark.parametrize("form", list(FactorForm))
+@pytest.mark.parametrize("name", ["dnn", "dcnv2"])
+def test_adasparse_backbones_equal_the_formula_and_so_does_the_served_form(form: FactorForm, name: str) -> None:
+    cfg = replace(CONFIG, tower_layer=TowerLayer.ADASPARSE,
+                  adasparse=AdaSparseConfig(form=form, domain_dim=2, schedule_steps=10))
+    model = _randomised(build_model(name, layout=DOMAIN_LAYOUT, config=cfg))
+    layers = list(model.tower.layers)
+    for layer in layers:
+        layer.alpha.advance(10)  # α = 5: sharp enough that the random pruners prune some inputs
+    factors: list[float] = []
+
+    def tower(t, x: Vec, e_d: Vec) -> Vec:
+        for i, layer in enumerate(t.layers):
+            y, pi = _adasparse_layer(layer, x, e_d)
+            factors.extend(pi)
+            x = _post(t, i, y)
+        return x if t.out is None else linear(t.out, x)
+
+    def ref(model, batch, b):
+        e_d = _t(model.condition.table.weight[int(batch.domain[b])])
+        x0 = flat(fields(model.embedding, batch, b))
+        if name == "dnn":
+            return tower(model.tower, x0, e_d)[0]
+        x = x0
+        for layer in model.cross.layers:  # DCNv2 eq. (1), the parallel structure (the default)
+            x = _cross_v2(layer, x0, x)
+        return linear(model.fc, x + tower(model.tower, x0, e_d))[0]
+
+    _check(model, ref, _domain_batch())
+    if form is not FactorForm.SCALING:
+        assert 0.0 in factors and any(f > 0 for f in factors)  # both pruned and kept inputs were checked
+    served = model.for_inference()
+    assert served is not model and all(isinstance(m, PrunedLinear) for m in served.tower.layers) == (
+        form is not FactorForm.SCALING)
+    assert served.state_dict().keys() == model.state_dict().keys()
+    _check(served, lambda _m, batch, b: ref(model, batch, b), _domain_batch())
 
 
 # ---- the PIN block's sub-spaces and depth -----------------------------------------------------------

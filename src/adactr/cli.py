@@ -253,7 +253,10 @@ def _print_metrics(results: dict) -> None:
                  else ""))
     for part, tensors in results.get("adaptivity", {}).items():  # std over instances / rms of the mean
         shown = ", ".join(f"{k} {v['adaptivity']:.3f}" + (f" (by domain {v['by_domain']:.3f})" if "by_domain" in v
-                                                         else "") for k, v in tensors.items())
+                                                         else "")
+                          + (f", sparsity {v['sparsity']:.3f}" if "sparsity" in v else "")
+                          + (f", domain overlap {v['domain_overlap']:.3f}" if "domain_overlap" in v else "")
+                          for k, v in tensors.items())
         print(f"  adaptivity {part}: {shown}")
 
 

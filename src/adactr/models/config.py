@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from adactr.nn.adasparse import AdaSparseConfig
 from adactr.nn.apg import APGConfig
 from adactr.nn.interaction import BilinearType
 from adactr.nn.mlp import Activation
@@ -22,6 +23,9 @@ class TowerLayer(str, Enum):
 
     LINEAR = "linear"  # the static nn.Linear
     APG = "apg"  # adactr.nn.apg.APGLinear (Yan et al., NeurIPS 2022), configured by ``apg``
+    # adactr.nn.adasparse.AdaSparseLinear (Yang et al., CIKM 2022): a domain-aware pruner before every
+    # hidden layer, configured by ``adasparse``; needs data prepared with --domain
+    ADASPARSE = "adasparse"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class ModelConfig:
     # Table 2, where APG replaces the deep layers of each backbone)
     tower_layer: TowerLayer = TowerLayer.LINEAR
     apg: APGConfig = field(default_factory=APGConfig)
+    # AdaSparse's pruners (tower_layer=adasparse): factor form, β, ε, the α / λ̂ schedules, the sparsity band
+    # (nn/adasparse.py gives each default its reason)
+    adasparse: AdaSparseConfig = field(default_factory=AdaSparseConfig)
     # xDeepInt / DynInt (Yan & Li, DLP-KDD 2022): the PIN block's depth, sub-spaces and dynamic form
     pin: PINConfig = field(default_factory=PINConfig)
     # Beyond the APG paper: build the DCN / DCNv2 cross layers' weights with the tower's layer factory too

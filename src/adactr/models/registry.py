@@ -31,6 +31,7 @@ from adactr.models.star import STAR
 from adactr.models.wdl import WideDeep
 from adactr.models.xdeepfm import XDeepFM
 from adactr.models.xdeepint import DynIntDA, DynIntDGP, DynIntDWP, XDeepInt
+from adactr.nn.adasparse import AdaSparseCondition, AdaSparseLayerFactory
 from adactr.nn.apg import APGCondition, APGLinear, apg_layer_factory
 from adactr.nn.mlp import LayerFactory, Linear
 
@@ -177,6 +178,24 @@ def resolve_model_config(name: str, config: ModelConfig) -> ModelConfig:
     return config
 
 
+def _with_adasparse(name: str, entry: ModelEntry, *, layout: FieldLayout, config: ModelConfig) -> CTRModel:
+    """AdaSparse (Yang et al., CIKM 2022) by composition, as APG: the domain embedding goes into the model's
+    condition seam and the pruned-layer factory builds the tower; no AdaSparse-specific model class."""
+    which = "model.tower_layer=adasparse"
+    cfg = config.adasparse
+    cfg.check()
+    condition = AdaSparseCondition(n_domains=layout.n_domains, dim=cfg.domain_dim, gradient=cfg.domain_gradient)
+    factory = AdaSparseLayerFactory(cfg, cond_dim=cfg.domain_dim)
+    model = entry.cls(layout=layout, config=config, layer=factory)
+    if model.condition is not None:
+        raise ConfigError(f"model {name!r} has its own condition (the domain), so {which} cannot be applied")
+    if not factory.built:
+        raise ConfigError(f"model {name!r} has no deep tower for {which}")
+    factory.finish()
+    model.condition = condition
+    return model
+
+
 def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
                 layer: LayerFactory = Linear) -> CTRModel:
     """The registered model ``name`` for ``layout``; ``layer`` builds every hidden layer of its tower."""
@@ -189,6 +208,8 @@ def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
     which = f"model.tower_layer={config.tower_layer.value}"
     if layer is not Linear:
         raise ConfigError(f"{which} and a custom layer factory were both given; use one")
+    if config.tower_layer is TowerLayer.ADASPARSE:
+        return _with_adasparse(name, entry, layout=layout, config=config)
     condition = APGCondition(layout=layout, config=config.apg, embedding_dim=config.embedding_dim)
     factory = apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions)
     model = entry.cls(layout=layout, config=config, layer=factory)

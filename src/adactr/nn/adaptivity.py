@@ -9,6 +9,14 @@ every generated tensor ``g_i`` (flattened, instance ``i``)::
     adaptivity = rms_i ||g_i - mean(g)|| / ||mean(g)||     std over instances ÷ rms of the mean
     by_domain  = sqrt(sum_d n_d ||mean_d(g) - mean(g)||^2 / n) / ||mean(g)||     (when batches have domains)
 
+For the pruning factors of a :class:`Pruning` part (AdaSparse), where zero means pruned, two more::
+
+    sparsity       = the share of zero entries (pruned neurons), over all instances
+    domain_overlap = mean over pairs of domains (weighted n_a n_b) of sum_j min(k_a, k_b) / sum_j max(k_a, k_b)
+
+where ``k_d`` (E,) is the share of domain d's rows that keep each entry (its factor map): 1 when every
+domain keeps the same neurons, lower as the domains' sparse structures differ (the paper's Fig. 3).
+
 0 means the part is static (every instance gets the same parameters: a static module with extra cost);
 0.1 means the instance-varying part is a tenth of the shared part. ``by_domain`` is the between-domain part
 of the spread: how far the domains' mean parameters are from each other. Values above 1 mean the varying
@@ -39,14 +47,28 @@ class Adaptive(Protocol):
         ...
 
 
+@runtime_checkable
+class Pruning(Protocol):
+    """An adaptive part some of whose generated tensors are pruning factors (0 = pruned): ``pruning_factors()``
+    names them, and they also get ``sparsity`` and ``domain_overlap``."""
+
+    def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+        ...
+
+    def pruning_factors(self) -> tuple[str, ...]:
+        ...
+
+
 class _Moments:
     """Streaming first and second moments of one generated tensor, overall and per domain (float64)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pruning: bool = False) -> None:
+        self.pruning = pruning
         self.n = 0
         self.total: Tensor | None = None  # (E,) sum of g_i
         self.sq = 0.0  # sum of ||g_i||^2
-        self.by_domain: dict[int, tuple[int, Tensor]] = {}  # d -> (n_d, sum of g_i over d)
+        self.zeros = 0  # entries exactly zero
+        self.by_domain: dict[int, tuple[int, Tensor, Tensor]] = {}  # d -> (n_d, sum of g_i, rows keeping each)
 
     def add(self, g: Tensor, domain: Tensor | None, *, chunk: int = 2048) -> None:
         g = g.detach().flatten(1)  # (B, E)
@@ -55,13 +77,14 @@ class _Moments:
             s = gc.sum(0)  # (E,)
             self.total = s if self.total is None else self.total + s
             self.sq += float(gc.square().sum())
+            self.zeros += int((gc == 0).sum())
             self.n += gc.shape[0]
             if domain is not None:
                 dc = domain[start:start + chunk]  # (c,)
                 for d in torch.unique(dc).tolist():
                     rows = gc[dc == d]  # (n_d, E)
-                    n_d, s_d = self.by_domain.get(int(d), (0, torch.zeros_like(s)))
-                    self.by_domain[int(d)] = (n_d + rows.shape[0], s_d + rows.sum(0))
+                    n_d, s_d, k_d = self.by_domain.get(int(d), (0, torch.zeros_like(s), torch.zeros_like(s)))
+                    self.by_domain[int(d)] = (n_d + rows.shape[0], s_d + rows.sum(0), k_d + (rows != 0).sum(0))
 
     def report(self) -> dict[str, float]:
         assert self.total is not None and self.n > 0
@@ -70,9 +93,26 @@ class _Moments:
         var = max(self.sq / self.n - mean_sq, 0.0)  # mean_i ||g_i - mean(g)||^2
         out = {"adaptivity": _ratio(var, mean_sq)}
         if len(self.by_domain) > 1:
-            between = sum(n_d * float((s_d / n_d - mean).square().sum()) for n_d, s_d in self.by_domain.values())
+            between = sum(n_d * float((s_d / n_d - mean).square().sum()) for n_d, s_d, _ in self.by_domain.values())
             out["by_domain"] = _ratio(between / self.n, mean_sq)
+        if self.pruning:
+            out["sparsity"] = self.zeros / (self.n * mean.numel())
+            if len(self.by_domain) > 1:
+                out["domain_overlap"] = self._overlap()
         return out
+
+    def _overlap(self) -> float:
+        """The weighted mean soft Jaccard of the domains' factor maps (see the module docstring)."""
+        n = torch.tensor([n_d for n_d, _, _ in self.by_domain.values()], dtype=torch.float64)  # (U,)
+        k = torch.stack([k_d / n_d for n_d, _, k_d in self.by_domain.values()])  # (U, E) keep shares
+        num = den = 0.0
+        for a in range(len(n) - 1):  # one domain against the later ones: (U - a - 1, E) at a time
+            lo = torch.minimum(k[a], k[a + 1:]).sum(1)  # (U - a - 1,)
+            hi = torch.maximum(k[a], k[a + 1:]).sum(1)
+            jac = torch.where(hi > 0, lo / hi.clamp_min(1e-300), torch.ones_like(hi))  # two empty maps: equal
+            w = n[a] * n[a + 1:]
+            num, den = num + float((w * jac).sum()), den + float(w.sum())
+        return num / den
 
 
 def _ratio(var: float, mean_sq: float) -> float:
@@ -106,8 +146,9 @@ def measure_adaptivity(model: nn.Module, batches: Iterable[Batch], *, max_rows: 
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, _out: Tensor) -> None:
+            pruning = module.pruning_factors() if isinstance(module, Pruning) else ()
             for key, g in module.generated(*args).items():  # type: ignore[operator]
-                moments[name].setdefault(key, _Moments()).add(g, domain[0])
+                moments[name].setdefault(key, _Moments(pruning=key in pruning)).add(g, domain[0])
         return hook
 
     was_training = model.training

@@ -40,6 +40,7 @@ from adactr.data.tensors import Batch, DeviceSplit, SplitArrays
 from adactr.errors import ConfigError, TrainingError
 from adactr.models.registry import train_defaults_for
 from adactr.nn.penalty import collect_penalties
+from adactr.nn.schedule import advance_schedules, schedules_of
 from adactr.train import checkpoint
 from adactr.train.config import EarlyStopping, FTRLConfig, Optimizer, TrainConfig, with_model_defaults, with_preset
 from adactr.train.cpu_memory import freed_memory_kept
@@ -382,6 +383,8 @@ class Trainer:
             run_step = GraphedStep(run_step, backend=graphs, release_grads=partial(_release_grads, opts),
                                    learning_rates=lambda: tuple(g["lr"] for o in opts for g in o.param_groups))
         every = cfg.eval_every_steps
+        # the schedule seam (adactr.nn.schedule): advanced after every optimisation step, never by a forward
+        schedules = schedules_of(model)
         # the evaluation period so far: steps, training seconds, and the loss sum of its earlier epochs (a
         # device tensor, added to once an epoch: no host sync and no extra work per step)
         period_steps, period_seconds, carried_loss = 0, 0.0, torch.zeros((), device=self.device)
@@ -464,6 +467,7 @@ class Trainer:
                     step += 1
                     period_steps += 1
                     result.steps += 1
+                    advance_schedules(schedules, result.steps)
                     result.train_samples += batch.size
                     if cfg.progress and (step % 50 == 0 or step == n_steps):
                         # the only host sync between evaluations, and only with a progress bar: without one
