@@ -343,11 +343,11 @@ MUTATIONS: tuple[Mutation, ...] = (
 
 
 def _copy_tree(dest: Path) -> Path:
-    """src/, tests/, pyproject.toml and README.md copied to dest/repo; ../shared linked beside it."""
+    """src/, tests/, benchmarks/, pyproject.toml and README.md copied to dest/repo; ../shared linked beside it."""
     repo = dest / "repo"
     repo.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("src", "tests"):
+    for name in ("src", "tests", "benchmarks"):  # benchmarks: tests import the scripts
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, repo / name)
