@@ -10,7 +10,8 @@
     python benchmarks/dynint.py sweep --data bench_out/prepared/frappe --key model.pin.layers --values 0,1,2,3,4,5 \\
         --set model.pin.subspaces=1
     # Fig. 7b: validation log loss against steps for several orthogonal rates (PNG)
-    python benchmarks/dynint.py orthogonal --data bench_out/prepared/frappe --rates 0,1e-3,1e-2,1e-1 --png docs/img/dynint-fig7b.png
+    python benchmarks/dynint.py orthogonal --data bench_out/prepared/frappe --rates 0,1e-3,1e-2,1e-1 \\
+        --png docs/img/dynint-fig7b.png
     # Fig. 4: singular values of the trained PIN weights of a run (PNG)
     python benchmarks/dynint.py fig4 --run RUN_DIR --png docs/img/dynint-fig4.png
     # §3.5.3: peak memory of a training step, low-rank vs the direct per-instance form, side by side
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import resource
 import statistics
@@ -317,7 +317,7 @@ def memory(args: argparse.Namespace) -> None:
 
 def throughput(args: argparse.Namespace) -> None:
     """Training steps per second on Criteo-shaped batches (39 fields), every model in each round."""
-    from adactr.data.schema import FieldLayout, Pooling  # noqa: F401
+    from adactr.data.schema import FieldLayout
     from adactr.data.tensors import Batch
     from adactr.models.config import ModelConfig
     from adactr.models.registry import build_model

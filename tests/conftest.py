@@ -65,3 +65,21 @@ def world_data(tmp_path_factory, world_csv) -> Path:
                  "--test", str(world_csv["test"]), "--numerical", "price", "--sequence", "tags",
                  "--domain", "domain", "--group", "user_id", "--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture
+def kill_after_first_epoch(monkeypatch):
+    """``arm()`` makes training stop as if killed right after epoch 1 was checkpointed; it returns the undo."""
+    from adactr.train import trainer as trainer_mod
+
+    def arm():
+        original = trainer_mod.Trainer._save
+
+        def save_then_die(self, model, opts, best, result, at):
+            original(self, model, opts, best, result, at)
+            if (at.epoch, at.step_in_epoch) == (1, 0):
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+        return lambda: monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    return arm

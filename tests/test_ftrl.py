@@ -424,7 +424,7 @@ def test_configuration_errors_name_the_key():
     assert resolve(RunConfig(train=TrainConfig(optimizer=Optimizer.FTRL)), "deepfm").train.embedding_l2 == 0.0
 
 
-def test_dynint_preset_from_the_cli_is_recorded_resolved_and_resumes(tmp_path, world_data, monkeypatch):
+def test_dynint_preset_from_the_cli_is_recorded_resolved_and_resumes(tmp_path, world_data, kill_after_first_epoch):
     """`adactr train --set train.optimizer_preset=dynint`: config.json holds the optimisers it set,
     metrics.json the zero rows; a run killed after its first epoch resumes to the same metrics."""
     from adactr.cli import main
@@ -440,17 +440,10 @@ def test_dynint_preset_from_the_cli_is_recorded_resolved_and_resumes(tmp_path, w
     m = json.loads((full / "metrics.json").read_text())
     assert m["test"]["auc"] > 0.55 and 0 < m["embedding_zero_rows"]["zero_rows"] < m["embedding_zero_rows"]["rows"]
 
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, at):
-        original(self, model, opts, best, result, at)
-        if (at.epoch, at.step_in_epoch) == (1, 0):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    restore = kill_after_first_epoch()
     killed = tmp_path / "killed"
     assert main(["train", "--data", str(world_data), "--out", str(killed), *args]) == 130
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    restore()
     assert main(["train", "--data", str(world_data), "--out", str(killed), *args, "--resume"]) == 0
     a, b = (json.loads((r / "metrics.json").read_text()) for r in (full, killed))
     assert (a["test"], a["embedding_zero_rows"]) == (b["test"], b["embedding_zero_rows"])

@@ -22,19 +22,6 @@ def metrics(run):
     return m["test"]["auc"], m["test"]["logloss"], m["valid"]["auc"], [h["train_loss"] for h in m["history"]]
 
 
-def _die_after_first_epoch(monkeypatch):
-    """Make training stop as if killed right after epoch 1 was checkpointed; returns the undo."""
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, at):
-        original(self, model, opts, best, result, at)
-        if (at.epoch, at.step_in_epoch) == (1, 0):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
-    return lambda: monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
-
-
 def test_same_seed_same_metrics(tmp_path, world_data):
     for name in ("a", "b"):
         assert main(["train", "--data", str(world_data), "--out", str(tmp_path / name), *ARGS]) == 0
@@ -43,12 +30,12 @@ def test_same_seed_same_metrics(tmp_path, world_data):
     assert metrics(tmp_path / "c") != metrics(tmp_path / "a")
 
 
-def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, monkeypatch):
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, kill_after_first_epoch):
     full = tmp_path / "full"
     assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS]) == 0
 
     killed = tmp_path / "killed"
-    restore = _die_after_first_epoch(monkeypatch)
+    restore = kill_after_first_epoch()
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS]) == 130
     assert (killed / "last.pt").exists() and not (killed / "metrics.json").exists()
     restore()
@@ -56,7 +43,8 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, world_data, monk
     assert metrics(killed) == metrics(full)
 
 
-def test_resume_keeps_the_interrupted_runs_streaming_choice(tmp_path, world_data, monkeypatch):
+def test_resume_keeps_the_interrupted_runs_streaming_choice(tmp_path, world_data, monkeypatch,
+                                                           kill_after_first_epoch):
     """Streamed chunks and one resident permutation order the batches differently: a run interrupted while
     streaming (too little memory free) resumes streaming even when the data would fit now."""
     monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 1000)
@@ -64,7 +52,7 @@ def test_resume_keeps_the_interrupted_runs_streaming_choice(tmp_path, world_data
     chunks = ["--set", "train.chunk_rows=1000"]
     assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS, *chunks]) == 0
     killed = tmp_path / "killed"
-    restore = _die_after_first_epoch(monkeypatch)
+    restore = kill_after_first_epoch()
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, *chunks]) == 130
     restore()
     monkeypatch.setattr(trainer_mod, "resident_budget", lambda device: 2**40)  # plenty of memory now

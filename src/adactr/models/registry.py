@@ -100,6 +100,11 @@ class ModelEntry:
     embedding_init: EmbeddingInit = EmbeddingInit.SMALL  # its default for model.embedding_init_std
 
 
+def _pin_model(name: str, cls: ModelClass, paper: str) -> ModelEntry:
+    """A model built on the PIN block: its learning rate and embedding initialisation (see above)."""
+    return ModelEntry(name, cls, paper, train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM)
+
+
 MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("lr", LR, "logistic regression (baseline of Yan & Li, DynInt, DLP-KDD 2022)",
                train=LR_DEFAULTS),
@@ -121,16 +126,14 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("difm", DIFM, "Lu et al., A Dual Input-aware Factorization Machine for CTR Prediction, "
                              "IJCAI 2020"),
     ModelEntry("dcn", DCN, "Wang et al., Deep & Cross Network for Ad Click Predictions, ADKDD 2017"),
-    ModelEntry("xdeepint", XDeepInt, "Yan & Li, xDeepInt: a Hybrid Architecture for Modeling the Vector-wise "
-                                     "and Bit-wise Feature Interactions, arXiv 2301.01089 (DLP-KDD 2020)",
-               train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
-    ModelEntry("dynint_da", DynIntDA, "Yan & Li, DynInt: Dynamic Interaction Modeling for Large-scale "
-                                      "Click-Through Rate Prediction, DLP-KDD 2022 (dynamic activation, eq. 4)",
-               train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
-    ModelEntry("dynint_dgp", DynIntDGP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic generated parameters, "
-                                        "eqs. 5, 7, 8)", train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
-    ModelEntry("dynint_dwp", DynIntDWP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic weighted parameters, "
-                                        "eqs. 6, 9, 10)", train=PIN_DEFAULTS, embedding_init=EmbeddingInit.INV_SQRT_DIM),
+    _pin_model("xdeepint", XDeepInt, "Yan & Li, xDeepInt: a Hybrid Architecture for Modeling the Vector-wise "
+                                      "and Bit-wise Feature Interactions, 2020 (arXiv 2301.01089)"),
+    _pin_model("dynint_da", DynIntDA, "Yan & Li, DynInt: Dynamic Interaction Modeling for Large-scale "
+                                      "Click-Through Rate Prediction, DLP-KDD 2022 (dynamic activation, eq. 4)"),
+    _pin_model("dynint_dgp", DynIntDGP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic generated parameters, "
+                                        "eqs. 5, 7, 8)"),
+    _pin_model("dynint_dwp", DynIntDWP, "Yan & Li, DynInt, DLP-KDD 2022 (dynamic weighted parameters, "
+                                        "eqs. 6, 9, 10)"),
     ModelEntry("autoint", AutoInt, "Song et al., AutoInt: Automatic Feature Interaction Learning via "
                                    "Self-Attentive Neural Networks, CIKM 2019 (AutoInt+: autoint_plus)"),
     ModelEntry("deepcrossing", DeepCrossing, "Shan et al., Deep Crossing: Web-Scale Modeling without Manually "
