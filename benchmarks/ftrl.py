@@ -3,6 +3,9 @@
     python benchmarks/ftrl.py --data bench_out/prepared/frappe --model deepfm --seeds 1 --set train.threads=1
     # more G-FTRL λ1 values beside the default (train.ftrl.group_l1), one row each
     python benchmarks/ftrl.py --data bench_out/prepared/frappe --group-l1 1e-4,1e-2 --set train.threads=1
+    # where the time goes: forward + backward and the optimiser step timed apart, Adam beside the preset
+    python benchmarks/ftrl.py --data bench_out/prepared/frappe --model xdeepint --set model.embedding_dim=16 \
+        --step-timing --rounds 3
 
 Rows: ``adam`` (the model's default optimiser and settings), ``dynint`` (``train.optimizer_preset=dynint``:
 G-FTRL for the embedding tables, FTRL for every other weight, the defaults of ``train.ftrl``), and one
@@ -18,6 +21,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +38,49 @@ def variants(group_l1: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def step_timing(data: Path, model_name: str, sets: list[str], rounds: int, steps: int = 20,
+                warmup: int = 5) -> list[dict[str, float]]:
+    """Per round, per optimiser setting: the median ms of forward + backward and of the optimiser step over
+    ``steps`` steps on one batch (one thread; rounds alternate the settings)."""
+    import torch
+
+    from adactr.config import override, parse_sets
+    from adactr.data.schema import Schema
+    from adactr.data.tensors import SplitArrays
+    from adactr.models.registry import build_model
+    from adactr.train.config import RunConfig
+    from adactr.train.trainer import build_optimizers, training_loss
+
+    torch.set_num_threads(1)
+    schema = Schema.load(data / "schema.json")
+    out = []
+    for _ in range(rounds):
+        for name, extra in (("adam", []), ("dynint", PRESET)):
+            cfg = override(RunConfig(), parse_sets([*sets, *extra]))
+            batch = next(iter(SplitArrays.load(data / "train").to_tensors(torch.device("cpu"))
+                              .batches(cfg.train.batch_size)))
+            torch.manual_seed(0)
+            model = build_model(model_name, layout=schema.layout(), config=cfg.model)
+            opts = build_optimizers(model, cfg.train)
+            fb, st = [], []
+            for i in range(warmup + steps):
+                t0 = time.perf_counter()
+                loss = training_loss(model, batch)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                t1 = time.perf_counter()
+                for o in opts:
+                    o.step()
+                t2 = time.perf_counter()
+                if i >= warmup:
+                    fb.append(t1 - t0)
+                    st.append(t2 - t1)
+            out.append({"optimisers": name, "forward_backward_ms": statistics.median(fb) * 1e3,
+                        "step_ms": statistics.median(st) * 1e3})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -44,8 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (1 thread each)")
     ap.add_argument("--cache", type=Path, help="directory of finished runs (reused)")
     ap.add_argument("--out", type=Path, help="write all results as JSON here")
+    ap.add_argument("--step-timing", action="store_true", help="time forward+backward and the optimiser step "
+                    "apart (no training run)")
+    ap.add_argument("--rounds", type=int, default=3, help="--step-timing: rounds alternating the optimisers")
     args = ap.parse_args(argv)
 
+    if args.step_timing:
+        print(f"\n{args.model} on {args.data}: one step of one batch, one thread, median ms")
+        print("| round | optimisers | forward + backward | optimiser step |")
+        print("|---|---|---|---|")
+        for i, r in enumerate(step_timing(args.data, args.model, args.set, args.rounds)):
+            print(f"| {i // 2 + 1} | {r['optimisers']} | {r['forward_backward_ms']:.1f} | {r['step_ms']:.1f} |")
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = variants([v.strip() for v in args.group_l1.split(",") if v.strip()])
     results = run_grid(args.data, [args.model], seeds, args.set, jobs=args.jobs, cache=args.cache, variants=rows)

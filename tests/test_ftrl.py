@@ -465,3 +465,7 @@ def test_benchmark_prints_adam_beside_the_preset(world_data, capsys):
     out = capsys.readouterr().out
     rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| optimisers", "| adam", "| dynint", "| dynint λ1=0"]
+    assert bench.main(["--data", str(world_data), "--model", "deepfm", "--step-timing", "--rounds", "1",
+                       *[x for s in tiny for x in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | adam |" in out and "| 1 | dynint |" in out

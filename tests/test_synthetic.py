@@ -181,3 +181,19 @@ def test_click_world_many_long_tailed_domains() -> None:
     assert abs(float(many["label"].mean()) - 0.25) < 0.01
     with pytest.raises(ConfigError, match="domain_tail"):
         click_world(10, domain_tail=-1.0)
+
+
+def test_criteo_like_order_3_adds_only_third_order_effects() -> None:
+    df2, logit2 = synthetic._criteo_like(20_000, 1)
+    df3, logit3 = synthetic._criteo_like(20_000, 1, order=3)
+    assert df3.drop("label").equals(df2.drop("label"))  # same rows; only the clicks change
+    six = ["C6", "C17", "C23", "C14", "C20", "C25"]
+    extra = pl.DataFrame({"d": logit3 - logit2}).with_columns(df3.select(six))
+    # the added logit is a function of the two triples' six fields alone (constant within their values)
+    assert extra.group_by(six).agg(pl.col("d").std())["d"].fill_null(0).max() < 1e-9
+    # two products of unit effects with amplitudes 0.6 and 0.5: variance ~ 0.36 + 0.25 (the values' long
+    # tails make the per-row effects only roughly unit-variance)
+    assert 0.25 < float(np.var(logit3 - logit2)) < 1.2
+    assert 0.2 < df3["label"].cast(pl.Int64).mean() < 0.33
+    with pytest.raises(ConfigError, match="order"):
+        criteo_like(10, order=4)

@@ -64,6 +64,10 @@ _C_AMP = {"C1": 0.3, "C2": 0.3, "C3": 0.4, "C4": 0.3, "C5": 0.3, "C6": 0.2, "C8"
           "C11": 0.2, "C13": 0.2, "C14": 0.4, "C15": 0.2, "C17": 0.3, "C18": 0.2, "C19": 0.2, "C20": 0.3,
           "C23": 0.4, "C24": 0.2, "C25": 0.2, "C26": 0.2}
 _C_PAIRS = (("C14", "C23", 0.5), ("C1", "C20", 0.4))  # second-order effects only a cross/deep part sees
+# order=3 only: third-order effects amp * e_a(v_a) * e_b(v_b) * e_c(v_c), a product of one unit effect per
+# value of each of three low-cardinality fields. A polynomial of degree 3 in the fields' embeddings (two PIN
+# layers, a 3-layer CIN) holds it exactly; FM (degree 2) cannot, and a DNN must approximate the product
+_C_TRIPLES = (("C6", "C17", "C23", 0.6), ("C14", "C20", "C25", 0.5))
 _I_WEIGHT = {"I1": 0.2, "I3": -0.1, "I5": -0.2, "I6": 0.15, "I7": 0.25, "I11": 0.2, "I13": -0.1}
 _I2_CURVE = -0.15  # weight on z(I2)^2 - 1: a non-monotone numeric effect
 _CRITEO_BIAS = -1.60  # calibrated (1M rows) so that the click rate is ~25.6%, the Kaggle train rate
@@ -71,23 +75,27 @@ _CRITEO_BIAS = -1.60  # calibrated (1M rows) so that the click rate is ~25.6%, t
 _M32 = np.uint64(0xFFFFFFFF)
 
 
-def criteo_like(n_rows: int, *, seed: int = 0) -> pl.DataFrame:
+def criteo_like(n_rows: int, *, seed: int = 0, order: int = 2) -> pl.DataFrame:
     """``n_rows`` rows in the layout of :func:`~adactr.data.readers.read_criteo` (all ``pl.String``).
 
     ``label`` is ``"0"``/``"1"`` (click rate ~25.6%); ``I1``..``I13`` are integer text or null;
-    ``C1``..``C26`` are 8-digit hex text or null. 5M rows take about 15 s on two cores.
+    ``C1``..``C26`` are 8-digit hex text or null. 5M rows take about 15 s on two cores. ``order`` is the
+    highest interaction order of the hidden click model: 2 (pairwise effects only, the default) or 3 (two
+    third-order effects added, for the polynomial-interaction models of DynInt; the rest is unchanged).
 
     >>> df = criteo_like(1000, seed=0)
     >>> df.shape, df.columns[:3], df["C9"].n_unique() <= 3
     ((1000, 40), ['label', 'I1', 'I2'], True)
     """
-    return _criteo_like(n_rows, seed)[0]
+    return _criteo_like(n_rows, seed, order)[0]
 
 
-def _criteo_like(n_rows: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
+def _criteo_like(n_rows: int, seed: int, order: int = 2) -> tuple[pl.DataFrame, np.ndarray]:
     """criteo_like's frame and the hidden click logit of each row (N,)."""
     if n_rows < 1:
         raise ConfigError(f"n_rows must be >= 1, got {n_rows}")
+    if order not in (2, 3):
+        raise ConfigError(f"order must be 2 or 3, got {order}")
     rng = np.random.default_rng(seed)
     missing: dict[str, np.ndarray] = {}
     for rate, names in _MISSING_GROUPS:
@@ -131,6 +139,8 @@ def _criteo_like(n_rows: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
         cols[name] = _with_nulls(text.alias(name), m)
     for a, b, amp in _C_PAIRS:
         logit += amp * _unit_effect(_mix32(((hashes[a] * np.uint64(0x9E3779B1)) & _M32) ^ hashes[b]))
+    for *names, amp in _C_TRIPLES if order == 3 else ():
+        logit += amp * np.prod([_unit_effect(hashes[f] ^ np.uint64(0x3C6EF372)) for f in names], axis=0)
 
     click = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))
     label = pl.Series("label", click.astype(np.int8)).cast(pl.String)
@@ -138,11 +148,11 @@ def _criteo_like(n_rows: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
     return pl.DataFrame([label, *(cols[c] for c in order[1:])]), logit
 
 
-def write_criteo_like(path: str | Path, n_rows: int, seed: int = 0) -> Path:
+def write_criteo_like(path: str | Path, n_rows: int, seed: int = 0, order: int = 2) -> Path:
     """Write :func:`criteo_like` rows as a Criteo file (tab-separated, no header; gzipped if ``.gz``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = criteo_like(n_rows, seed=seed)
+    df = criteo_like(n_rows, seed=seed, order=order)
     options = dict(separator="\t", include_header=False, null_value="", quote_style="never")
     if path.suffix == ".gz":
         buf = io.BytesIO()
