@@ -25,10 +25,18 @@ matrix (``W[d]`` as a (B, 400, 400) tensor, then a batched product: 2.6 GB at B 
 to give each sample its own domain's weights; ``--gather-batch`` sets the batch of both.
 
 models: training steps (forward, backward and an Adam step) of each multi-domain model (Shared-Bottom, MMoE,
-PLE, STAR, default settings) on the same rows of a prepared click world (``--data``), their domains
+HMoE, PLE, STAR, default settings) on the same rows of a prepared click world (``--data``), their domains
 redrawn long-tailed among 3, 30 and 300 domains, and DNN (no domains) for scale::
 
     python benchmarks/domain_cost.py models --threads 1 --rounds 3
+    python benchmarks/domain_cost.py models --threads 1 --rounds 3 --models hmoe,mmoe
+    python benchmarks/domain_cost.py models --threads 1 --rounds 3 --domain-optimizer lazy_adam,dense
+
+The models train with the trainer's optimisers (``build_optimizers``: fused Adam, and for the per-domain
+parameters ``train.domain_optimizer``, lazy Adam by default).
+
+HMoE is the one model whose definition runs every domain's gate and tower on every row (forward only, no
+gradient: models/hmoe.py), so its cost per row grows with the number of domains.
 """
 
 from __future__ import annotations
@@ -188,21 +196,33 @@ def run_models(args: argparse.Namespace) -> None:
     batches = list(rows.batches(args.batch))
     counts = [int(v) for v in args.domains.split(",")]
     names = args.models.split(",")
+    from adactr.train.config import DomainOptimizer, TrainConfig
+    from adactr.train.trainer import build_optimizers
+
+    kinds = [DomainOptimizer(k) for k in args.domain_optimizer.split(",")]
+    # the trainer's optimisers (fused Adam; with lazy_adam a third one for the per-domain parameters); one
+    # model per domain optimiser, dnn (nothing per domain) once
+    names = [f"{m} ({k.value})" if len(kinds) > 1 and m != "dnn" else m for m in names for k in kinds
+             if m != "dnn" or k is kinds[0]]
     cases = [(m, n) for n in counts for m in names if not (m == "dnn" and n != counts[0])]
     ids = {n: [domain_ids(b.size, n, seed=i) for i, b in enumerate(batches)] for n in counts}
     built = {}
     for m, n in cases:
         torch.manual_seed(0)
+        name, _, kind = m.partition(" (")
         layout = replace(schema.layout(), n_domains=n + RESERVED)
-        model = build_model(m, layout=layout, config=resolve_model_config(m, ModelConfig())).train()
-        built[(m, n)] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        model = build_model(name, layout=layout, config=resolve_model_config(name, ModelConfig())).train()
+        cfg = TrainConfig(lr=1e-3, domain_optimizer=DomainOptimizer(kind.rstrip(")")) if kind else kinds[0])
+        built[(m, n)] = (model, build_optimizers(model, cfg))
 
     def train_step(m: str, n: int) -> None:
-        model, opt = built[(m, n)]
+        model, opts = built[(m, n)]
         for b, d in zip(batches, ids[n], strict=True):
-            opt.zero_grad(set_to_none=True)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
             F.binary_cross_entropy_with_logits(model(b._replace(domain=d)), b.label).backward()
-            opt.step()
+            for o in opts:
+                o.step()
 
     for c in cases:  # warm-up
         train_step(*c)
@@ -241,8 +261,10 @@ def main() -> None:
                     help="time outside the trainer's keep-freed-memory allocator scope")
     ap.add_argument("--data", type=Path, default=Path("bench_out/prepared/click-world-300"),
                     help="models: a prepared data set (its rows; the domains are redrawn)")
-    ap.add_argument("--models", default="dnn,shared_bottom,mmoe,ple,star", help="models: which")
+    ap.add_argument("--models", default="dnn,shared_bottom,mmoe,hmoe,ple,star", help="models: which")
     ap.add_argument("--batches", type=int, default=3, help="models: batches per timed pass")
+    ap.add_argument("--domain-optimizer", default="lazy_adam",
+                    help="models: train.domain_optimizer, or a comma list (lazy_adam,dense) to compare in one run")
     args = ap.parse_args()
     global KEEP_FREED
     KEEP_FREED = not args.fresh_memory

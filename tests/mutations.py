@@ -43,9 +43,11 @@ ADAPTIVITY = "tests/test_adaptivity.py"
 FTRL_T = "tests/test_ftrl.py"
 PIN = "tests/test_pin.py"
 MULTIDOMAIN = "tests/test_multidomain.py"
+HMOE = "tests/test_hmoe.py"
 MD_FORMULAS = "tests/test_formulas.py::test_multidomain_model_equals_its_formula"
 ADASPARSE = "tests/test_adasparse.py"
 AS_FORMULAS = "tests/test_formulas.py::test_adasparse_backbones_equal_the_formula_and_so_does_the_served_form"
+MAML_T = "tests/test_maml.py"
 
 
 @dataclass(frozen=True)
@@ -289,10 +291,24 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("pn-domain-affine-dropped", "src/adactr/nn/multidomain.py",
              "return (self.gamma * gamma_p) * (x - mu)", "return self.gamma * (x - mu)",
              (MD_FORMULAS, MULTIDOMAIN), "PN without the domain's own γ_p"),
+    Mutation("lazy-adam-steps-absent-domains", "src/adactr/train/lazy_adam.py",
+             "                if not g.is_sparse:  # every row\n",
+             "                if g.is_sparse:\n                    g = p.grad = g.to_dense()\n"
+             "                if not g.is_sparse:  # every row\n",
+             ("tests/test_domain.py",), "the lazy step densifies the gradient: absent domains' rows and moments "
+             "move (dense Adam)"),
     Mutation("pn-stats-of-the-whole-batch", "src/adactr/nn/multidomain.py",
              "mean = x.new_zeros(R, C).index_add(0, d, x) / n.clamp_min(1).unsqueeze(1)  # (R, C)",
              "mean = x.mean(0).expand(R, C)  # (R, C)",
              (MULTIDOMAIN,), "PN's training mean over the mixed batch, not per domain"),
+    Mutation("hmoe-no-stop-gradient", "src/adactr/models/hmoe.py",
+             "@torch.no_grad()\ndef every_domain_logits(", "def every_domain_logits(",
+             (HMOE,), "HMoE without task-constrained back-propagation: a row's loss trains every domain's tower"),
+    Mutation("hmoe-mix-logits", "src/adactr/models/hmoe.py",
+             "return (torch.logsumexp(log_w + F.logsigmoid(z), dim=1)\n"
+             "            - torch.logsumexp(log_w + F.logsigmoid(-z), dim=1))",
+             "return (log_w.exp() * z).sum(1)",
+             (MD_FORMULAS, HMOE), "HMoE mixing the domains' logits, not their probabilities (not the label space)"),
     Mutation("star-no-aux", "src/adactr/models/star.py",
              "return (s_m + s_a).squeeze(-1)", "return s_m.squeeze(-1)",
              (MD_FORMULAS,), "STAR without its auxiliary network's logit"),
@@ -322,6 +338,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("embedding-l2-to-dense", "src/adactr/train/trainer.py",
              "lr=cfg.lr, l2=cfg.embedding_l2,", "lr=cfg.lr, l2=cfg.dense_l2,",
              (TRAINER,), "the embedding group gets the dense L2"),
+    Mutation("maml-query-at-meta-weights", "src/adactr/train/maml.py",
+             "at = fast  # first-order MAML", "at = start  # first-order MAML",
+             (MAML_T,), "the query loss taken at the meta weights, not the adapted ones: the inner loop does nothing"),
+    Mutation("maml-query-is-support", "src/adactr/train/maml.py",
+             "tasks.append((d, seg[:n - n_query], seg[n - n_query:]))", "tasks.append((d, seg[:n - n_query], seg))",
+             (MAML_T,), "a domain's support rows enter its query loss too"),
     # ---- FTRL / GroupLasso-FTRL -----------------------------------------------------------------------
     Mutation("gftrl-threshold-without-sqrt-d", "src/adactr/train/ftrl.py",
              "threshold = l1 * math.sqrt(z.shape[1])", "threshold = l1",

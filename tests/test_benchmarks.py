@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import apg_cost  # noqa: E402
 import apg_table2  # noqa: E402
@@ -96,3 +98,57 @@ def test_dynint_orthogonal_rates_curve(world_data, tmp_path, capsys):
     assert [r.split(" | ")[:2] for r in rows] == [["| dynint_dgp", "0"], ["| dynint_dgp", "0.1"],
                                                   ["| dynint_dwp", "0"], ["| dynint_dwp", "0.1"]]
     assert (tmp_path / "f7b.png").stat().st_size > 1000
+
+
+def test_adasparse_tables_and_figures_run_end_to_end(world_data, tmp_path, capsys):
+    import adasparse
+
+    tiny = ["--set", "train.epochs=1", "--set", "model.adasparse.schedule_steps=2", "--seeds", "1"]
+    cache = ["--cache", str(tmp_path / "cache")]
+    assert adasparse.main(["table1", "--data", str(world_data), "--backbones", "dnn",
+                           "--variants", "base,star,apg,adasparse", "--others", "mmoe", *tiny, *cache]) == 0
+    out = capsys.readouterr().out
+    for row in ("| dnn |", "| dnn+star |", "| dnn+apg |", "| dnn+adasparse |", "| mmoe |"):
+        assert row in out, row
+    assert "| 0.6607 | 0.6572 |" in out  # the paper's Public AdaSparse row beside ours
+    assert adasparse.main(["band", "--data", str(world_data), "--bands", "0.15-0.25,0.3-0.4", *tiny, *cache,
+                           "--png", str(tmp_path / "d.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| [0.15, 0.25] |" in out and "| [0.30, 0.40] |" in out and (tmp_path / "d.png").exists()
+    assert adasparse.main(["table6", "--coarse", str(world_data), "--fine", str(world_data), *tiny, *cache]) == 0
+    out = capsys.readouterr().out
+    assert "| star_fg | domain |" in out and "| dnn+apg_cg | domain |" in out
+
+
+def test_adasparse_domain_bins_are_equal_shares_of_train_rows(world_data):
+    import adasparse
+
+    which = adasparse.domain_bins(world_data, n_bins=2)
+    counts = np.bincount(np.load(world_data / "train" / "domain.npy").astype(np.int64))
+    names = json.loads((world_data / "schema.json").read_text())["domain_names"]
+    first = sum(counts[names.index(n)] for n, b in which.items() if b == 0)
+    assert 0 < first and set(which.values()) <= {0, 1}
+    # the largest domain is in the first bin
+    assert which[names[int(np.argmax(counts[2:])) + 2]] == 0
+
+
+def test_adasparse_table2_partitions_and_fig3a_factor_maps(world_data, tmp_path, capsys):
+    import adasparse
+
+    from adactr.config import override, parse_sets
+    from adactr.train.config import RunConfig
+    from adactr.train.run import train_run
+
+    tiny = ["--set", "train.epochs=1", "--set", "model.adasparse.schedule_steps=2", "--seeds", "1"]
+    assert adasparse.main(["table2", "--data", str(world_data), *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "| dnn+binarization |" in out and "| dnn+fusion |" in out and "| 0.7355 | 0.6843 |" in out
+    assert adasparse.main(["partitions", "--data", f"{world_data},{world_data}", *tiny]) == 0
+    assert "| dnn+adasparse |" in capsys.readouterr().out
+    cfg = override(RunConfig(), parse_sets(["train.epochs=1", "train.progress=false", "model.hidden=[16,8]",
+                                            "model.tower_layer=adasparse", "model.adasparse.form=binarization"]))
+    train_run(data=world_data, model_name="dnn", out=tmp_path / "run", config=cfg)
+    assert adasparse.main(["factors", "--run", str(tmp_path / "run"), "--data", str(world_data), "--layer", "1",
+                           "--min-rows", "5", "--png", str(tmp_path / "a.png")]) == 0
+    out = capsys.readouterr().out
+    assert "Da:" in out and "Da^:" in out and "Db:" in out and (tmp_path / "a.png").exists()

@@ -8,8 +8,18 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adactr.nn.domain import DomainGroups, DomainLinear, StarLinear, domain_layer_factory
+from adactr.nn.domain import (
+    DomainGroups,
+    DomainLinear,
+    StarLinear,
+    domain_layer_factory,
+    per_domain_parameters,
+    set_sparse_domain_gradients,
+)
 from adactr.nn.mlp import MLP
+from adactr.train.config import DomainOptimizer, TrainConfig
+from adactr.train.lazy_adam import LazyAdam
+from adactr.train.trainer import build_optimizers
 
 
 def _ids(n: int, n_domains: int, seed: int = 0) -> torch.Tensor:
@@ -129,3 +139,131 @@ def test_in_a_tower_through_the_layer_factory() -> None:
     assert y.shape == (10, 1)
     # row by row, each alone in its batch: the same outputs (no sample sees another domain's weights)
     torch.testing.assert_close(torch.cat([tower(x[i:i + 1], d[i:i + 1]) for i in range(10)]), y)
+
+
+# ---- sparse per-domain gradients and the lazy optimiser (train.domain_optimizer=lazy_adam) --------------
+
+def _tower(cls, n_domains: int = 7) -> MLP:
+    torch.manual_seed(4)
+    tower = MLP(input_dim=5, hidden=(4,), layer=domain_layer_factory(cls, n_domains),
+                output_layer=domain_layer_factory(cls, n_domains)).double()
+    with torch.no_grad():  # away from STAR's all-ones start, so that the domains differ
+        for p in tower.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return tower
+
+
+@pytest.mark.parametrize("cls", [DomainLinear, StarLinear])
+def test_sparse_gradients_are_the_dense_ones_on_the_present_rows_only(cls) -> None:
+    """float64: the same outputs and the same gradient numbers; the sparse gradient names the present rows
+    only (domain 4 absent; STAR's reserved ids 0, 1 have no rows), the dense one has zeros there."""
+    x = torch.randn(30, 5, dtype=torch.float64)
+    d = torch.tensor([2, 3, 5, 6, 0, 1] * 5)
+    dense, sparse = _tower(cls), _tower(cls)
+    set_sparse_domain_gradients(sparse, True)
+    y_dense, y_sparse = dense(x, d), sparse(x, d)
+    torch.testing.assert_close(y_sparse, y_dense, rtol=0, atol=0)  # the same forward, bit for bit
+    y_dense.square().sum().backward()
+    y_sparse.square().sum().backward()
+    own = [2, 3, 5, 6] if cls is DomainLinear else [0, 1, 3, 4]  # rows of weight / W_p with rows in the batch
+    if cls is DomainLinear:
+        own = [0, 1, *own]
+    for pd, ps in zip(per_domain_parameters(dense), per_domain_parameters(sparse), strict=True):
+        assert not pd.grad.is_sparse and ps.grad.is_sparse
+        g = ps.grad.coalesce()
+        assert g._indices()[0].tolist() == own  # nothing for an absent domain
+        torch.testing.assert_close(g.to_dense(), pd.grad)  # the present rows' numbers, zeros elsewhere
+    shared = [p for p in dense.parameters() if all(p is not q for q in per_domain_parameters(dense))]
+    for pd, ps in zip(shared, [p for p in sparse.parameters() if not p.grad.is_sparse], strict=True):
+        torch.testing.assert_close(ps.grad, pd.grad)  # STAR's centre, and nothing else changes
+
+
+def _train(tower: MLP, optimiser: str, batches) -> list[torch.Tensor]:
+    cfg = TrainConfig(domain_optimizer=DomainOptimizer(optimiser), lr=0.05)
+    opts = build_optimizers(_AsModel(tower), cfg)
+    for x, d in batches:
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        tower(x, d).square().mean().backward()
+        for o in opts:
+            o.step()
+    return [p.detach().clone() for p in tower.parameters()]
+
+
+class _AsModel(torch.nn.Module):
+    """A tower as the trainer sees a model: no embedding tables, its registry defaults those of a DNN."""
+
+    def __init__(self, tower: MLP) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def embedding_parameters(self):
+        return iter(())
+
+
+@pytest.mark.parametrize("cls", [DomainLinear, StarLinear])
+def test_lazy_adam_is_adam_when_every_domain_is_present(cls) -> None:
+    g = torch.Generator().manual_seed(5)
+    ids = torch.arange(7).repeat(4)  # every domain (reserved ids included) in every batch
+    batches = [(torch.randn(28, 5, generator=g, dtype=torch.float64), ids[torch.randperm(28, generator=g)])
+               for _ in range(6)]
+    lazy, dense = _train(_tower(cls), "lazy_adam", batches), _train(_tower(cls), "dense", batches)
+    assert any(not torch.equal(a, b) for a, b in zip(lazy, [p.detach() for p in _tower(cls).parameters()],
+                                                      strict=True))  # it trained
+    for a, b in zip(lazy, dense, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [DomainLinear, StarLinear])
+def test_lazy_adam_leaves_absent_domains_and_their_moments_alone(cls) -> None:
+    tower = _tower(cls)
+    opts = build_optimizers(_AsModel(tower), TrainConfig(lr=0.05))  # unset: lazy with adam
+    lazy = opts[-1]
+    assert isinstance(lazy, LazyAdam) and lazy.param_groups[0]["params"] == per_domain_parameters(tower)
+    g = torch.Generator().manual_seed(6)
+    absent = 4  # domain id 4 (row 4 of weight, row 2 of W_p) never in a batch after the first
+    row = absent if cls is DomainLinear else absent - 2
+
+    def step(d: torch.Tensor) -> None:
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        tower(torch.randn(len(d), 5, generator=g, dtype=torch.float64), d).square().mean().backward()
+        for o in opts:
+            o.step()
+
+    step(torch.tensor([2, 3, 4, 5, 6, 4]))  # domain 4 trained once: its moments are not zero
+    before = {id(p): (p[row].clone(), lazy.state[p]["exp_avg"][row].clone(), lazy.state[p]["exp_avg_sq"][row].clone())
+              for p in per_domain_parameters(tower)}
+    present = {id(p): p[row - 1].clone() for p in per_domain_parameters(tower)}
+    for _ in range(3):
+        step(torch.tensor([2, 3, 5, 6, 2, 3]))
+    for p in per_domain_parameters(tower):
+        w, m, v = before[id(p)]
+        assert torch.equal(p[row], w) and torch.equal(lazy.state[p]["exp_avg"][row], m)  # untouched
+        assert torch.equal(lazy.state[p]["exp_avg_sq"][row], v) and m.abs().sum() > 0
+        assert not torch.equal(p[row - 1], present[id(p)])  # a present domain's row moved
+        assert int(lazy.state[p]["step"]) == 4
+
+
+def test_domain_optimizer_settings() -> None:
+    from adactr.errors import ConfigError
+    from adactr.train.config import Optimizer
+    from adactr.train.config import domain_optimizer_of as domain_optimizer
+
+    assert domain_optimizer(TrainConfig()) is DomainOptimizer.LAZY_ADAM
+    assert domain_optimizer(TrainConfig(optimizer=Optimizer.SGD)) is DomainOptimizer.DENSE
+    assert domain_optimizer(TrainConfig(clip_grad_norm=1.0)) is DomainOptimizer.DENSE
+    with pytest.raises(ConfigError, match="clip_grad_norm") as e:
+        domain_optimizer(TrainConfig(domain_optimizer=DomainOptimizer.LAZY_ADAM, clip_grad_norm=1.0))
+    assert "\n" not in str(e.value)
+    for kind in (Optimizer.SGD, Optimizer.FTRL, Optimizer.ADAGRAD):  # dense: every row, with train.optimizer
+        tower = _tower(StarLinear)
+        opts = build_optimizers(_AsModel(tower), TrainConfig(optimizer=kind, lr=0.05))
+        assert len(opts) == 1 and not any(m.sparse for m in tower.modules() if hasattr(m, "sparse"))
+        tower(torch.randn(6, 5, dtype=torch.float64), torch.tensor([2, 3, 4, 5, 6, 0])).sum().backward()
+        opts[0].step()
+    # lazy per-domain parameters beside sgd for the rest (STAR's centre), when asked for
+    tower = _tower(StarLinear)
+    opts = build_optimizers(_AsModel(tower), TrainConfig(optimizer=Optimizer.SGD, lr=0.05,
+                                                          domain_optimizer=DomainOptimizer.LAZY_ADAM))
+    assert [type(o).__name__ for o in opts] == ["SGD", "LazyAdam"]

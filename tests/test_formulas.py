@@ -436,6 +436,16 @@ def ref_mmoe(model, batch, b):  # Ma et al.: h^d(sum_k g^d(x)_k f_k(x)), g^d = s
     return own_mlp(model.towers, _mixed(w, [mlp(e, x) for e in model.experts]), d)[0]
 
 
+def ref_hmoe(model, batch, b):  # Li et al.: logit(sum_j w_ij σ(z_j)), z_j domain j's MMoE logit on this row
+    i, x = int(batch.domain[b]), flat(fields(model.embedding, batch, b))
+    experts = [mlp(e, x) for e in model.experts]
+    js = [j for j in range(model.relation.n_domains) if j >= 2 or j == i]  # reserved ids: only the row's own
+    z = [own_mlp(model.towers, _mixed(softmax(own_linear(model.gate.linear, x, j)), experts), j)[0] for j in js]
+    r = own_mlp(model.relation.mlp, x, i)  # domain i's relation net: a score per domain
+    p = sum(w * 1 / (1 + math.exp(-zj)) for w, zj in zip(softmax([r[j] for j in js]), z, strict=True))
+    return math.log(p / (1 - p))
+
+
 def ref_ple(model, batch, b):  # Tang et al.: CGC levels, the domain's and the shared module's gates, a tower
     d = int(batch.domain[b])
     x_d = x_s = flat(fields(model.embedding, batch, b))
@@ -463,7 +473,7 @@ def ref_star(model, batch, b):  # Sheng et al.: PN (eval: the domain's running s
 
 
 DOMAIN_REFERENCES: dict[str, Callable] = {
-    "shared_bottom": ref_shared_bottom, "mmoe": ref_mmoe, "ple": ref_ple, "star": ref_star,
+    "shared_bottom": ref_shared_bottom, "mmoe": ref_mmoe, "hmoe": ref_hmoe, "ple": ref_ple, "star": ref_star,
 }
 
 

@@ -172,7 +172,7 @@ _CFG = ModelConfig(embedding_dim=4, hidden=(8, 4), cross_layers=2, attention_hea
 _APG = replace(_CFG, tower_layer=TowerLayer.APG)
 # The multi-domain models group each batch's rows by domain, which reads the segment sizes on the host (one
 # sync per batch, by design: nn/domain.py); a capture of their step fails once and training stays eager.
-_MULTI_DOMAIN = ("shared_bottom", "mmoe", "ple", "star")
+_MULTI_DOMAIN = ("shared_bottom", "mmoe", "hmoe", "ple", "star")
 _CASES = [(name, _CFG) for name in MODELS if name not in _MULTI_DOMAIN] + [
     (name, replace(_CFG, autoint_plus=True)) for name in ("autoint",)] + [
     ("deepfm", replace(_APG, apg=APGConfig(version=v))) for v in APGVersion] + [

@@ -38,7 +38,7 @@ def _batch(domain: list[int], seed: int = 0) -> Batch:
                  domain=torch.tensor(domain, dtype=torch.int32))
 
 
-@pytest.mark.parametrize("name", MULTI)
+@pytest.mark.parametrize("name", [*MULTI, "hmoe"])
 def test_without_domains_a_one_line_config_error_names_domain(name: str) -> None:
     with pytest.raises(ConfigError, match="--domain") as e:
         build_model(name, layout=replace(LAYOUT, n_domains=0), config=CONFIG)
@@ -68,7 +68,7 @@ def test_a_multi_domain_model_trains_and_evaluates_by_domain(world_data, tmp_pat
     assert any("by_domain" in t for part in metrics["adaptivity"].values() for t in part.values())
 
 
-@pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "ple"])
+@pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "hmoe", "ple"])
 def test_apg_tower_layer_is_refused_for_a_model_whose_condition_is_the_domain(name: str) -> None:
     with pytest.raises(ConfigError, match="own condition"):
         build_model(name, layout=LAYOUT, config=replace(CONFIG, tower_layer=TowerLayer.APG))
@@ -89,7 +89,7 @@ def _per_domain(model: nn.Module) -> list[tuple[str, torch.Tensor, int]]:
     return out
 
 
-@pytest.mark.parametrize("name", MULTI)
+@pytest.mark.parametrize("name", [*MULTI, "hmoe"])  # HMoE: by its task-constrained back-propagation
 def test_a_domains_parameters_get_gradient_only_from_its_rows(name: str) -> None:
     torch.manual_seed(2)  # a draw where no ReLU of these tiny networks is dead for domain 3's rows
     model = build_model(name, layout=LAYOUT, config=CONFIG).double().eval()  # eval: PN on fixed statistics
@@ -196,3 +196,39 @@ def test_cost_per_row_does_not_depend_on_the_number_of_domains(name: str) -> Non
             model(batch).sum().backward()
         flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
+
+
+# ---- STAR's star-topology layers in any backbone's tower (model.tower_layer=star) ------------------------
+
+STAR_TOWER = replace(CONFIG, tower_layer=TowerLayer.STAR)
+
+
+@pytest.mark.parametrize("name", ["dnn", "dcnv2"])
+def test_star_tower_at_init_is_the_backbone_with_the_shared_weights(name: str) -> None:
+    # W_p = 1, b_p = 0 at the start: every domain computes the backbone's layers with the shared W, b
+    star = build_model(name, layout=LAYOUT, config=STAR_TOWER).eval()
+    plain = build_model(name, layout=LAYOUT, config=CONFIG).eval()
+    assert sum(isinstance(m, StarLinear) for m in star.modules()) == len(CONFIG.hidden)
+    rename = {".W": ".weight", ".b": ".bias"}  # StarLinear's shared centre is nn.Linear's weight and bias
+    state = {next((k[:-len(a)] + b for a, b in rename.items() if k.endswith(a)), k): v
+             for k, v in star.state_dict().items() if not k.endswith("_p")}
+    plain.load_state_dict(state)
+    batch = _batch([2, 3, 5, 1, 0, 4])
+    torch.testing.assert_close(star(batch), plain(batch))
+
+
+def test_star_tower_a_domains_factors_train_from_its_rows_only() -> None:
+    model = build_model("dnn", layout=LAYOUT, config=STAR_TOWER)
+    model(_batch([2, 2, 4])).sum().backward()
+    layer = next(m for m in model.modules() if isinstance(m, StarLinear))
+    touched = [d for d in range(LAYOUT.n_domains - 2) if layer.W_p.grad[d].abs().sum() > 0]
+    assert touched == [0, 2]  # domain ids 2 and 4 are rows 0 and 2 of W_p; 3 and 5 had no rows
+
+
+def test_star_tower_needs_domains_and_a_tower() -> None:
+    with pytest.raises(ConfigError, match="--domain"):
+        build_model("dnn", layout=replace(LAYOUT, n_domains=0), config=STAR_TOWER)
+    with pytest.raises(ConfigError, match="no MLP tower"):
+        build_model("fm", layout=LAYOUT, config=STAR_TOWER)
+    with pytest.raises(ConfigError, match="own condition"):
+        build_model("mmoe", layout=LAYOUT, config=STAR_TOWER)

@@ -383,7 +383,10 @@ def test_each_model_trains_with_its_own_defaults(tmp_path):
         assert [g["lr"] for o in opts for g in o.param_groups] == [lr] * len(opts)
     fit, _ = _fit("lr", _cfg(epochs=1, lr=0.003, embedding_l2=0.5), data)
     assert fit.history[0]["lr"] == 0.003 and fit.early_stopping["embedding_l2"] == 0.5
-    explicit = RunConfig(model=ModelConfig(embedding_init_std=0.01), train=_cfg(lr=0.003, embedding_l2=0.0))
+    from adactr.train.config import DomainOptimizer
+
+    explicit = RunConfig(model=ModelConfig(embedding_init_std=0.01),
+                         train=_cfg(lr=0.003, embedding_l2=0.0, domain_optimizer=DomainOptimizer.LAZY_ADAM))
     assert resolve(explicit, "deepfm") == explicit
     # the embedding initialisation: 1e-4 (FuxiCTR) but 1/sqrt(D) for the PIN models (official xDeepInt)
     assert resolve(RunConfig(), "deepfm").model.embedding_init_std == 1e-4
@@ -478,3 +481,30 @@ def test_flush_denormal_is_scoped_to_fit(monkeypatch):
             assert trainer_mod._flush_denormal_on() is before
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_multi_domain_resume_with_the_lazy_domain_optimiser(tmp_path, world_data, kill_after_first_epoch, capsys):
+    """STAR trains its per-domain parameters with a third optimiser (lazy Adam); its state is checkpointed
+    and resumed exactly, and resuming with another optimiser count is a one-line error."""
+    args = ["--model", "star", "--set", "model.hidden=[16]", "--set", "train.epochs=2", "--set",
+            "train.patience=5", "--set", "train.batch_size=500", "--quiet"]
+    full = tmp_path / "full"
+    assert main(["train", "--data", str(world_data), "--out", str(full), *args]) == 0
+    killed = tmp_path / "killed"
+    restore = kill_after_first_epoch()
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *args]) == 130
+    restore()
+    st = torch.load(killed / "last.pt", weights_only=True)
+    assert len(st["optimizers"]) == 3 and st["optimizers"][2]["state"]  # embeddings, dense, per-domain
+    saved = json.loads((killed / "config.json").read_text())
+    assert saved["config"]["train"]["domain_optimizer"] == "lazy_adam"  # the resolved setting is recorded
+    saved["config"]["train"]["domain_optimizer"] = "dense"  # resumed with two optimisers: refused
+    (killed / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *args, "--resume"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "domain_optimizer" in err and len(err.splitlines()) == 1, err
+    saved["config"]["train"]["domain_optimizer"] = "lazy_adam"
+    (killed / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *args, "--resume"]) == 0
+    assert metrics(killed) == metrics(full)

@@ -26,6 +26,11 @@ class TowerLayer(str, Enum):
     # adactr.nn.adasparse.AdaSparseLinear (Yang et al., CIKM 2022): a domain-aware pruner before every
     # hidden layer, configured by ``adasparse``; needs data prepared with --domain
     ADASPARSE = "adasparse"
+    # adactr.nn.domain.StarLinear (Sheng et al., CIKM 2021, §4.2): every hidden layer of the tower in star
+    # topology, W ⊙ W_p, b + b_p, for each row's own domain; needs data prepared with --domain. The tower
+    # part of STAR alone, for any backbone ("DCNv2 + STAR" of AdaSparse's Table 1); the whole STAR, with
+    # partitioned normalisation and the auxiliary network, is the registered model ``star``
+    STAR = "star"
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,20 @@ from adactr.data.schema import FieldLayout
 from adactr.data.tensors import Batch
 from adactr.models.base import CTRModel
 from adactr.models.config import ModelConfig
+from adactr.nn.domain import DomainGroups
 from adactr.nn.embedding import FieldEmbedding
 from adactr.nn.mlp import LayerFactory, Linear
 from adactr.nn.multidomain import DomainCondition, Gate, MLPStyle, domain_tower, mix
 
 
 class MMoE(CTRModel):
+    NAME = "mmoe"  # the registered name, for its error messages (HMoE extends this model)
+
     def __init__(self, *, layout: FieldLayout, config: ModelConfig, layer: LayerFactory = Linear) -> None:
         super().__init__()
         md = config.multidomain
         md.check()
-        self.condition = DomainCondition(n_domains=layout.n_domains, model="mmoe")
+        self.condition = DomainCondition(n_domains=layout.n_domains, model=self.NAME)
         self.embedding = FieldEmbedding(layout=layout, dim=config.embedding_dim,
                                         init_std=config.embedding_init_std)
         style = MLPStyle(config.activation, config.dropout, config.batch_norm)
@@ -43,8 +46,15 @@ class MMoE(CTRModel):
                                    style=style)
 
     def forward(self, batch: Batch) -> Tensor:
-        emb = self.embedding(batch)  # (B, F, D)
-        groups = self.make_condition(batch, emb)  # the rows grouped by domain, once per batch
-        x = emb.flatten(1)  # (B, F D)
-        h = mix(self.gate(x, groups), [f(x, groups) for f in self.experts])  # (B, K) x K (B, H) -> (B, H)
+        groups, x, experts = self.shared_part(batch)
+        h = mix(self.gate(x, groups), experts)  # (B, K) x K (B, H) -> (B, H)
         return self.towers(h, groups).squeeze(-1)  # (B, 1) -> (B,)
+
+    def shared_part(self, batch: Batch) -> tuple[DomainGroups, Tensor, list[Tensor]]:
+        """The rows grouped by domain (once per batch), ``x`` (B, F D) and the K shared experts' outputs
+        K x (B, H): what every domain's gate and tower read."""
+        emb = self.embedding(batch)  # (B, F, D)
+        groups = self.make_condition(batch, emb)
+        assert isinstance(groups, DomainGroups)  # the condition is the domain (DomainCondition)
+        x = emb.flatten(1)  # (B, F D)
+        return groups, x, [f(x, groups) for f in self.experts]

@@ -22,6 +22,7 @@ from adactr.models.difm import DIFM
 from adactr.models.dnn import DNN
 from adactr.models.fibinet import FiBiNET
 from adactr.models.fm import FM
+from adactr.models.hmoe import HMoE
 from adactr.models.lr import LR
 from adactr.models.mmoe import MMoE
 from adactr.models.ple import PLE
@@ -33,7 +34,9 @@ from adactr.models.xdeepfm import XDeepFM
 from adactr.models.xdeepint import DynIntDA, DynIntDGP, DynIntDWP, XDeepInt
 from adactr.nn.adasparse import AdaSparseCondition, AdaSparseLayerFactory
 from adactr.nn.apg import APGCondition, APGLinear, apg_layer_factory
+from adactr.nn.domain import StarLinear, domain_layer_factory
 from adactr.nn.mlp import LayerFactory, Linear
+from adactr.nn.multidomain import DomainCondition
 
 
 class ModelClass(Protocol):
@@ -145,6 +148,9 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
                                               "a shared bottom, one tower per domain)"),
     ModelEntry("mmoe", MMoE, "Ma et al., Modeling Task Relationships in Multi-task Learning with Multi-gate "
                              "Mixture-of-Experts, KDD 2018 (a gate and a tower per domain)"),
+    ModelEntry("hmoe", HMoE, "Li et al., Improving Multi-Scenario Learning to Rank in E-commerce by Exploiting Task "
+                             "Relationships in the Label Space, CIKM 2020 (HMoE: MMoE plus each domain's mixture "
+                             "of every domain's prediction)"),
     ModelEntry("ple", PLE, "Tang et al., Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) "
                            "Model for Personalized Recommendations, RecSys 2020 (per-domain specific experts)"),
     ModelEntry("star", STAR, "Sheng et al., One Model to Serve All: Star Topology Adaptive Recommender for "
@@ -199,6 +205,20 @@ def _with_adasparse(name: str, entry: ModelEntry, *, layout: FieldLayout, config
     return model
 
 
+def _with_star(name: str, entry: ModelEntry, *, layout: FieldLayout, config: ModelConfig) -> CTRModel:
+    """STAR's star-topology layers (Sheng et al., CIKM 2021, §4.2) in any model's tower, by composition: the
+    domain grouping goes into the condition seam and every hidden layer is a :class:`StarLinear`."""
+    which = "model.tower_layer=star"
+    condition = DomainCondition(n_domains=layout.n_domains, model=name)
+    model = entry.cls(layout=layout, config=config, layer=domain_layer_factory(StarLinear, layout.n_domains))
+    if model.condition is not None:
+        raise ConfigError(f"model {name!r} has its own condition (the domain), so {which} cannot be applied")
+    if not any(isinstance(m, StarLinear) for m in model.modules()):
+        raise ConfigError(f"model {name!r} has no deep tower for {which}")
+    model.condition = condition
+    return model
+
+
 def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
                 layer: LayerFactory = Linear) -> CTRModel:
     """The registered model ``name`` for ``layout``; ``layer`` builds every hidden layer of its tower."""
@@ -213,6 +233,8 @@ def build_model(name: str, *, layout: FieldLayout, config: ModelConfig,
         raise ConfigError(f"{which} and a custom layer factory were both given; use one")
     if config.tower_layer is TowerLayer.ADASPARSE:
         return _with_adasparse(name, entry, layout=layout, config=config)
+    if config.tower_layer is TowerLayer.STAR:
+        return _with_star(name, entry, layout=layout, config=config)
     condition = APGCondition(layout=layout, config=config.apg, embedding_dim=config.embedding_dim)
     factory = apg_layer_factory(config.apg, condition.dim, n_conditions=condition.n_conditions)
     model = entry.cls(layout=layout, config=config, layer=factory)

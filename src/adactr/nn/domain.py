@@ -21,8 +21,10 @@ sample's own output with a mask: ``D`` times the work. Gathering each sample's m
 ``(B, out, in)`` tensor, then a batched product) is the same arithmetic but reads ``in x out`` weights per
 sample: at B = 4096, 400 -> 400 that is 2.6 GB per layer, and it ran 20-90x slower than grouping on one
 CPU thread, so it is not offered. What grouping cannot avoid is reading (and, for STAR, multiplying) each
-*present* domain's ``out x in`` matrix and writing its dense gradient once per batch: with hundreds of
-domains of a few rows each, that weight traffic, not the arithmetic, is what grows. Measured
+*present* domain's ``out x in`` matrix and writing its gradient once per batch: with hundreds of
+domains of a few rows each, that weight traffic, not the arithmetic, is what grows. With ``sparse`` on
+(the trainer's ``train.domain_optimizer=lazy_adam``) the gradient holds the present domains' rows only and
+the optimiser steps those only, so an absent domain costs nothing; a present one still costs its matrices. Measured
 (``python benchmarks/domain_cost.py --threads 1``, tower 400 -> [400, 400, 400], batch 4096, forward +
 backward, per-sample cost against 3 domains): ``DomainLinear`` 1.46x at 30 domains and 3.0x at 300,
 ``StarLinear`` 1.6x and 5.4x, the public mask approach 8.9x at 30; docs/multidomain.md has the table.
@@ -72,6 +74,8 @@ class DomainGroups(NamedTuple):
     sorted_domain: Tensor  # (B,) the domain of each sorted row
     present: tuple[int, ...]  # (U,) the domains present, increasing, on the host
     counts: tuple[int, ...]  # (U,) rows of each present domain, on the host: the segment bounds
+    present_index: Tensor  # (U,) int64 the present domains, on the device
+    segment: Tensor  # (B,) int64 for each sorted row, its domain's position in ``present`` (0 .. U-1)
 
     @classmethod
     def of(cls, domain: Tensor) -> DomainGroups:
@@ -85,7 +89,9 @@ class DomainGroups(NamedTuple):
         host = torch.stack([present.long(), counts.long()]).tolist() if present.numel() else [[], []]
         if host[0] and host[0][0] < 0:
             raise ValueError(f"domain ids must be >= 0, got {host[0][0]}")
-        return cls(order, inverse, sorted_domain, tuple(host[0]), tuple(host[1]))
+        segment = torch.repeat_interleave(torch.arange(present.numel(), device=domain.device), counts,
+                                          output_size=domain.numel())  # (B,)
+        return cls(order, inverse, sorted_domain, tuple(host[0]), tuple(host[1]), present.long(), segment)
 
     def max_id(self) -> int:
         return self.present[-1] if self.present else -1
@@ -107,77 +113,105 @@ class _GroupedLinearFn(torch.autograd.Function):
 
     xs (B, in) rows sorted by domain; W (R, out, in) every domain's matrix (never copied: a segment reads
     its own row); shared (out, in) or None; rows (U,) and counts (U,) host ints. ``M_u`` is formed one
-    domain at a time (an ``out x in`` temporary that stays in cache) and formed again in the backward, so
-    no (U, out, in) tensor is ever made: at 300 domains of a 400 x 400 layer that is 190 MB per tensor.
-    The weight gradient is dense, (R, out, in), as autograd's would be; rows of absent domains are zero.
+    domain at a time in one reused ``out x in`` buffer (it stays in cache) and formed again in the
+    backward, so no (U, out, in) tensor is ever made: at 300 domains of a 400 x 400 layer that would be
+    190 MB per tensor.
+
+    The weight gradient: ``sparse`` False, dense (R, out, in) as autograd's would be, the absent domains'
+    rows zero; ``sparse`` True, a sparse COO tensor of the present rows only (indices (1, U'), values
+    (U', out, in), coalesced), so that nothing is allocated, zeroed or stepped for an absent domain (the
+    lazy optimiser, :class:`adactr.train.lazy_adam.LazyAdam`). The values are the same numbers either way.
     """
 
     @staticmethod
     def forward(ctx, xs: Tensor, W: Tensor, shared: Tensor | None, rows: tuple[int, ...],
-                counts: tuple[int, ...]) -> Tensor:
+                counts: tuple[int, ...], sparse: bool) -> Tensor:
         ctx.save_for_backward(xs, W, shared)
-        ctx.rows, ctx.counts = rows, counts
+        ctx.rows, ctx.counts, ctx.sparse = rows, counts, sparse
         y = xs.new_empty(xs.shape[0], W.shape[1])  # (B, out)
-        s = 0
-        for r, n in zip(rows, counts, strict=True):
-            torch.mm(xs[s:s + n], _matrix(W, shared, r).t(), out=y[s:s + n])  # (n, in) @ (in, out)
-            s += n
+        buf = None if shared is None else W.new_empty(W.shape[1:])  # (out, in): M_u, reused
+        for r, xi, yi in zip(rows, xs.split(counts), y.split(counts), strict=True):  # (n, in), (n, out)
+            torch.mm(xi, _matrix(W, shared, r, buf).t(), out=yi)  # (n, in) @ (in, out)
         return y
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
         xs, W, shared = ctx.saved_tensors
         g = g.contiguous()
         need_x, need_W, need_shared = ctx.needs_input_grad[:3]
+        rows, counts = ctx.rows, ctx.counts
         gx = torch.empty_like(xs) if need_x else None  # (B, in)
+        own = [r for r in rows if r >= 0]  # the rows of W that get gradient, increasing
         gW = gS = None
-        if need_W:
+        if need_W and ctx.sparse:
+            gW = W.new_empty(len(own), *W.shape[1:])  # (U', out, in): the present rows' values only
+        elif need_W:
             gW = torch.empty_like(W)  # (R, out, in): written once, the absent domains' rows zeroed
-            absent = sorted(set(range(W.shape[0])) - set(ctx.rows))
+            absent = sorted(set(range(W.shape[0])) - set(own))
             if absent:
                 gW.index_fill_(0, torch.tensor(absent, device=W.device), 0.0)
         if shared is not None and need_shared:
             gS = torch.zeros_like(shared)  # (out, in)
-        s = 0
-        for r, n in zip(ctx.rows, ctx.counts, strict=True):
-            gs, xseg = g[s:s + n], xs[s:s + n]  # (n, out), (n, in): this domain's rows only
-            if gx is not None:
-                torch.mm(gs, _matrix(W, shared, r), out=gx[s:s + n])  # (n, out) @ (out, in)
-            if shared is None:
-                if gW is not None:
-                    torch.mm(gs.t(), xseg, out=gW[r])  # (out, n) @ (n, in)
-            elif r < 0:  # the centre alone
+        buf = None if shared is None else W.new_empty(W.shape[1:])  # (out, in): M_u, then its gradient
+        gx_split = gx.split(counts) if gx is not None else (None,) * len(rows)
+        j = 0  # the position of row r among ``own`` (the sparse values' row)
+        for r, gs, xseg, gxs in zip(rows, g.split(counts), xs.split(counts), gx_split, strict=True):
+            # gs (n, out), xseg (n, in): this domain's rows only
+            if gxs is not None:
+                torch.mm(gs, _matrix(W, shared, r, buf), out=gxs)  # (n, out) @ (out, in)
+            if r < 0:  # STAR's reserved ids: the centre alone
                 if gS is not None:
                     gS += gs.t().mm(xseg)  # (out, n) @ (n, in)
-            elif gW is not None or gS is not None:
-                gM = gs.t().mm(xseg)  # (out, in) gradient of M_u = shared ⊙ W[r]
-                if gW is not None:
-                    torch.mul(gM, shared, out=gW[r])  # d/dW[r] of shared ⊙ W[r]
+                continue
+            target = None if gW is None else gW[j] if ctx.sparse else gW[r]  # (out, in)
+            j += 1
+            if shared is None:
+                if target is not None:
+                    torch.mm(gs.t(), xseg, out=target)  # (out, n) @ (n, in)
+            elif target is not None or gS is not None:
+                gM = torch.mm(gs.t(), xseg, out=buf)  # (out, in) gradient of M_u = shared ⊙ W[r]
+                if target is not None:
+                    torch.mul(gM, shared, out=target)  # d/dW[r] of shared ⊙ W[r]
                 if gS is not None:
                     gS.addcmul_(gM, W[r])  # d/dshared
-            s += n
-        return gx, gW, gS, None, None
+        if gW is not None and ctx.sparse:
+            if not own:  # no row of W was used: no gradient at all (an optimiser skips the parameter)
+                gW = None
+            else:
+                index = torch.tensor([own], dtype=torch.long, device=W.device)  # (1, U')
+                gW = torch.sparse_coo_tensor(index, gW, W.shape, is_coalesced=True, check_invariants=False)
+        return gx, gW, gS, None, None, None
 
 
-def _matrix(W: Tensor, shared: Tensor | None, r: int) -> Tensor:
-    """The matrix of one segment: ``W[r]``, ``shared ⊙ W[r]``, or ``shared`` alone (r < 0). (out, in)"""
+def _matrix(W: Tensor, shared: Tensor | None, r: int, buf: Tensor | None) -> Tensor:
+    """The matrix of one segment: ``W[r]``, ``shared ⊙ W[r]`` (written into ``buf``), or ``shared`` alone
+    (r < 0). (out, in)"""
     if shared is None:
         return W[r]
-    return shared if r < 0 else shared * W[r]
+    return shared if r < 0 else torch.mul(shared, W[r], out=buf)
 
 
 def grouped_linear(x: Tensor, groups: DomainGroups, W: Tensor, b: Tensor, *, shared: Tensor | None = None,
-                   rows: tuple[int, ...] | None = None) -> Tensor:
+                   rows: tuple[int, ...] | None = None, sparse: bool = False) -> Tensor:
     """``y_i = M_{d_i} x_i + b_i``, the rows of each present domain through one product.
 
     x (B, in) in batch order; W (R, out, in) the per-domain matrices; ``rows`` the row of W of each present
     domain (default: the domain id itself; negative = ``shared`` alone); ``shared`` (out, in) makes
-    ``M = shared ⊙ W[row]`` (STAR); b (B, out) the bias of each *sorted* row. Returns (B, out), batch order.
+    ``M = shared ⊙ W[row]`` (STAR); b (B, out) the bias of each *sorted* row; ``sparse``: W's gradient
+    holds the present rows only (see :class:`_GroupedLinearFn`). Returns (B, out), batch order.
     """
     rows = groups.present if rows is None else rows
     xs = x.index_select(0, groups.order).to(W.dtype)  # (B, in) sorted by domain
-    ys = _GroupedLinearFn.apply(xs, W, shared, rows, groups.counts) + b  # (B, out)
+    ys = _GroupedLinearFn.apply(xs, W, shared, rows, groups.counts, sparse) + b  # (B, out)
     return ys.index_select(0, groups.inverse)  # (B, out) batch order
+
+
+def _gather_rows(table: Tensor, index: Tensor, sparse: bool) -> Tensor:
+    """``table[index]`` (N, *): with ``sparse``, a gather whose gradient is a sparse tensor of the indexed
+    rows only (``F.embedding(..., sparse=True)``), else ``index_select`` (a dense gradient)."""
+    if sparse:
+        return F.embedding(index.long(), table, sparse=True)
+    return table.index_select(0, index)
 
 
 def _uniform_(t: Tensor, fan_in: int) -> Tensor:
@@ -191,6 +225,8 @@ class DomainLinear(nn.Module):
 
     ``weight`` (n_domains, out, in) and ``bias`` (n_domains, out); every domain initialised like
     ``nn.Linear``. Rows 0 and 1 are ``<missing>`` and ``<unseen>`` (see the module docstring).
+    ``sparse`` (like ``nn.Embedding``'s): their gradients hold the batch's domains' rows only (see
+    :func:`per_domain_parameters`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, n_domains: int) -> None:
@@ -201,10 +237,15 @@ class DomainLinear(nn.Module):
         self.in_features, self.out_features, self.n_domains = in_features, out_features, n_domains
         self.weight = nn.Parameter(_uniform_(torch.empty(n_domains, out_features, in_features), in_features))
         self.bias = nn.Parameter(_uniform_(torch.empty(n_domains, out_features), in_features))
+        self.sparse = False
+
+    def per_domain_parameters(self) -> list[nn.Parameter]:
+        return [self.weight, self.bias]
 
     def forward(self, x: Tensor, cond: Tensor | DomainGroups | None = None) -> Tensor:
         g = _groups(cond, self.n_domains, "DomainLinear")
-        return grouped_linear(x, g, self.weight, self.bias.index_select(0, g.sorted_domain))  # (B, out)
+        b = _gather_rows(self.bias, g.present_index, self.sparse)  # (U, out) the present domains' biases
+        return grouped_linear(x, g, self.weight, b.index_select(0, g.segment), sparse=self.sparse)  # (B, out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_domains={self.n_domains}"
@@ -217,7 +258,8 @@ class StarLinear(nn.Module):
     (n_domains - 2, out, in) and ``b_p`` (n_domains - 2, out) the train domains' own factors (row ``p`` is
     domain id ``p + 2``), initialised to ones and zeros so that every domain starts as the shared layer
     (two independent random factors would multiply into weights of variance ~1/in^2). The reserved ids
-    ``<missing>`` and ``<unseen>`` use the centre alone: the shared fallback.
+    ``<missing>`` and ``<unseen>`` use the centre alone: the shared fallback. ``sparse``: ``W_p``'s and
+    ``b_p``'s gradients hold the batch's domains' rows only (see :func:`per_domain_parameters`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, n_domains: int) -> None:
@@ -230,13 +272,21 @@ class StarLinear(nn.Module):
         self.b = nn.Parameter(_uniform_(torch.empty(out_features), in_features))
         self.W_p = nn.Parameter(torch.ones(n_domains - RESERVED, out_features, in_features))
         self.b_p = nn.Parameter(torch.zeros(n_domains - RESERVED, out_features))
+        self.sparse = False
+
+    def per_domain_parameters(self) -> list[nn.Parameter]:
+        return [self.W_p, self.b_p]
 
     def forward(self, x: Tensor, cond: Tensor | DomainGroups | None = None) -> Tensor:
         g = _groups(cond, self.n_domains, "StarLinear")
         rows = tuple(d - RESERVED if d >= RESERVED else -1 for d in g.present)  # -1: the centre alone
-        b_p = F.pad(self.b_p, (0, 0, RESERVED, 0))  # (n_domains, out): zero for the reserved ids
-        return grouped_linear(x, g, self.W_p, self.b + b_p.index_select(0, g.sorted_domain), shared=self.W,
-                              rows=rows)  # (B, out)
+        # the reserved ids come first among the present; they have no b_p (zero), the others their row
+        k = sum(d < RESERVED for d in g.present)
+        b_p = _gather_rows(self.b_p, g.present_index[k:] - RESERVED, self.sparse)  # (U - k, out)
+        if k:
+            b_p = torch.cat([b_p.new_zeros(k, self.out_features), b_p])  # (U, out)
+        return grouped_linear(x, g, self.W_p, self.b + b_p.index_select(0, g.segment), shared=self.W, rows=rows,
+                              sparse=self.sparse)  # (B, out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_domains={self.n_domains}"
@@ -259,4 +309,29 @@ def domain_layer_factory(layer: type[DomainLinear] | type[StarLinear], n_domains
     return make
 
 
-__all__ = ["DomainGroups", "DomainLinear", "StarLinear", "domain_layer_factory", "grouped_linear"]
+def per_domain_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every per-domain parameter of ``module``'s per-domain layers (:class:`DomainLinear`, :class:`StarLinear`:
+    ``weight``/``bias``, ``W_p``/``b_p``), in module order, each once. A batch uses only its domains' rows of
+    them, so a trainer may give them a lazy optimiser (:class:`adactr.train.lazy_adam.LazyAdam`) after
+    :func:`set_sparse_domain_gradients`. Smaller per-domain tables gathered elsewhere (STAR's PN ``γ_p``,
+    ``β_p`` and domain embedding: ``n_domains x`` tens of values) are not listed: they stay dense."""
+    seen: set[int] = set()
+    out = []
+    for m in module.modules():
+        if isinstance(m, (DomainLinear, StarLinear)):
+            for p in m.per_domain_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def set_sparse_domain_gradients(module: nn.Module, sparse: bool) -> None:
+    """Make the gradients of :func:`per_domain_parameters` sparse (the present domains' rows only) or dense."""
+    for m in module.modules():
+        if isinstance(m, (DomainLinear, StarLinear)):
+            m.sparse = sparse
+
+
+__all__ = ["DomainGroups", "DomainLinear", "StarLinear", "domain_layer_factory", "grouped_linear",
+           "per_domain_parameters", "set_sparse_domain_gradients"]

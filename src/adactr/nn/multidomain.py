@@ -10,7 +10,8 @@ handed a batch without them, raises a one-line :class:`ConfigError` naming ``--d
 **Cost.** Every per-domain part is computed for each sample's own domain only: ``DomainLinear`` layers
 grouped by domain (towers, gates, PLE's specific experts), and STAR's per-domain scales and statistics
 gathered per row (``(B, C)``). Nothing runs every domain's network on every sample (the public code's
-``torch.where`` over all domains; ``shared/research/multidomain.md``).
+``torch.where`` over all domains; ``shared/research/multidomain.md``), except where a model's definition
+needs every domain's prediction on every row (HMoE: ``models/hmoe.py``, batched and without autograd).
 
 >>> import torch
 >>> gate = Gate(3, 2, n_domains=4)
@@ -64,6 +65,14 @@ class MultiDomainConfig:
     # n = 2: every feature normalises to ±1, so no gradient reaches the embeddings). Batch norm's error
     # grows quickly below ~16 rows per batch (Wu & He, Group Normalization, ECCV 2018, Fig. 1)
     norm_min_rows: int = 16
+    # HMoE: hidden sizes of each domain's relation net (x -> its weights over the domains' predictions). Its
+    # output layer is per domain and over the domains, n_domains^2 x the last width parameters, so it is
+    # narrow (MMLRec's task-weight net has [64]; the paper gives no size)
+    relation_hidden: tuple[int, ...] = (16,)
+    # HMoE: each domain's weight on its own prediction at the start. Uniform weights would give a domain's
+    # own tower 1/n_domains of its rows' gradient (the others' predictions are stop-gradient); 0.9 starts
+    # near MMoE and lets the relation nets learn how much to borrow
+    relation_self_init: float = 0.9
 
     def check(self) -> None:
         for name, value in (("experts", self.experts), ("levels", self.levels)):
@@ -73,8 +82,10 @@ class MultiDomainConfig:
             raise ConfigError(f"model.multidomain.norm_min_rows must be >= 2, got {self.norm_min_rows}")
         if self.specific_experts < 0:
             raise ConfigError(f"model.multidomain.specific_experts must be >= 0, got {self.specific_experts}")
+        if not 0.0 < self.relation_self_init < 1.0:
+            raise ConfigError(f"model.multidomain.relation_self_init must be in (0, 1), got {self.relation_self_init}")
         for name, dims in (("expert_hidden", self.expert_hidden), ("tower_hidden", self.tower_hidden),
-                           ("aux_hidden", self.aux_hidden)):
+                           ("aux_hidden", self.aux_hidden), ("relation_hidden", self.relation_hidden)):
             if any(h < 1 for h in dims):
                 raise ConfigError(f"model.multidomain.{name} sizes must be positive, got {list(dims)}")
         if not self.expert_hidden:

@@ -22,6 +22,13 @@ class Optimizer(str, Enum):
     GFTRL = "gftrl"  # embeddings only: GroupLasso-FTRL (DynInt), whole rows set to exactly zero
 
 
+class DomainOptimizer(str, Enum):
+    """How the per-domain parameters (per-domain towers, gates, experts, STAR's ``W_p``) are trained."""
+
+    LAZY_ADAM = "lazy_adam"  # Adam on the batch's domains' rows only (adactr/train/lazy_adam.py)
+    DENSE = "dense"  # with the other dense weights (train.optimizer), every domain's rows every step
+
+
 class OptimizerPreset(str, Enum):
     """A named optimiser strategy: sets train.optimizer and train.embedding_optimizer."""
 
@@ -60,6 +67,52 @@ class FTRLConfig:
                 raise ConfigError(f"train.ftrl.{name} must be >= 0, got {getattr(self, name)}")
 
 
+class MetaLearning(str, Enum):
+    """A training strategy that treats the domains as meta-learning tasks (adactr/train/maml.py)."""
+
+    MAML = "maml"  # first-order MAML, each domain of a batch one task; settings train.maml.*
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """The settings of ``train.meta=maml`` (adactr/train/maml.py gives the design and its reasons)."""
+
+    # SGD steps on a task's support rows from the meta weights. 1: the smallest adaptation, one extra
+    # forward and backward per task; MAML's own experiments use 1-5
+    inner_steps: int = 1
+    # the inner SGD learning rate on the mean BCE. 0.01: evaluation uses the meta weights, which only the
+    # adapted weights' query loss trains, so the inner step must stay small. Measured, DNN on ML-1M, 2
+    # epochs: 0.1 left meta weights that predict badly (valid logloss 2.39, AUC 0.745 after epoch 1, the
+    # adapted ones' query loss 0.59), 0.01 stays beside ordinary training (0.545 / 0.787 against 0.543 /
+    # 0.789); docs/multidomain.md. MAMDR's inner loop is Adam at 1e-3 over a whole pass of the domain
+    inner_lr: float = 0.01
+    # share of each task's rows (in a batch) held out as its query set, whose loss at the adapted weights
+    # trains the meta weights. 0.8: MAMDR's split (config meta_split_ratio 0.2 is the share of its inner
+    # meta-train set, model_zoo/maml.py ``n_train = n_data * meta_split_ratio``); most rows train the meta
+    # weights, as in an ordinary step
+    query_fraction: float = 0.8
+    # at most this many domains (tasks) of a batch per step, drawn at random; 0 = every domain in the batch
+    # with at least two rows. Every task costs (inner_steps + 1) forward-backward passes on its rows plus
+    # a pass over the weights; docs/multidomain.md has the measured cost
+    tasks_per_step: int = 0
+    # the inner loop adapts the embedding tables too (MAMDR meta_parms "all"); false adapts every other
+    # weight and keeps the tables at the meta weights inside a task (MAMDR "all_hidden"): a dense copy of
+    # each table per task and inner step is what it saves, the cost that grows with the vocabulary
+    adapt_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.inner_steps >= 0:
+            raise ConfigError(f"train.maml.inner_steps must be >= 0, got {self.inner_steps}")
+        if not self.inner_lr >= 0:
+            raise ConfigError(f"train.maml.inner_lr must be >= 0, got {self.inner_lr}")
+        if not 0 < self.query_fraction < 1:
+            raise ConfigError(f"train.maml.query_fraction must be strictly between 0 and 1 (a task needs "
+                              f"support and query rows), got {self.query_fraction}")
+        if not self.tasks_per_step >= 0:
+            raise ConfigError(f"train.maml.tasks_per_step must be >= 0 (0 = every domain of a batch), got "
+                              f"{self.tasks_per_step}")
+
+
 class EarlyStopping(str, Enum):
     """The validation metric that picks the kept weights, reduces the learning rate and stops the run."""
 
@@ -96,6 +149,17 @@ class TrainConfig:
     # config.json records the optimisers it set). None = train.optimizer and train.embedding_optimizer as given.
     optimizer_preset: OptimizerPreset | None = None
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)  # the constants of ftrl / gftrl groups
+    # The per-domain parameters of multi-domain models (adactr.nn.domain.per_domain_parameters). None =
+    # lazy_adam when train.optimizer is adam and train.clip_grad_norm is off, else dense. lazy_adam steps
+    # only the batch's domains' rows: a domain's weights then change only with its own rows (dense Adam keeps
+    # moving an absent domain's weights by their momentum), and an absent domain costs nothing (its rows are
+    # neither zeroed, nor stepped). Identical to adam when every domain is in every batch. dense: every row
+    # with train.optimizer (any optimiser), as before. Its lr and L2 are train.lr and train.dense_l2.
+    domain_optimizer: DomainOptimizer | None = None
+    # maml: train by first-order MAML with each domain a task (adactr/train/maml.py; needs --domain data);
+    # None = ordinary steps on the mixed batch
+    meta: MetaLearning | None = None
+    maml: MAMLConfig = field(default_factory=MAMLConfig)  # the settings of train.meta=maml
     embedding_l2: float | None = None  # None = the model's own default (LR 0, FM 1e-4, deep models 1e-3)
     dense_l2: float = 0.0
     patience: int = 2  # evaluations without a better validation metric before stopping (BARS: 2 epochs)
@@ -164,11 +228,29 @@ def with_preset(train: TrainConfig) -> TrainConfig:
     return replace(train, optimizer=dense, embedding_optimizer=emb)
 
 
+def domain_optimizer_of(train: TrainConfig) -> DomainOptimizer:
+    """``train.domain_optimizer`` resolved: unset is lazy_adam with adam and no gradient clipping (PyTorch's
+    ``clip_grad_norm_`` cannot take the norm of a sparse gradient), else dense (as before it existed).
+
+    >>> domain_optimizer_of(TrainConfig()).value, domain_optimizer_of(TrainConfig(optimizer=Optimizer.SGD)).value
+    ('lazy_adam', 'dense')
+    """
+    kind = train.domain_optimizer
+    if kind is None:
+        lazy = with_preset(train).optimizer is Optimizer.ADAM and not train.clip_grad_norm > 0
+        return DomainOptimizer.LAZY_ADAM if lazy else DomainOptimizer.DENSE
+    if kind is DomainOptimizer.LAZY_ADAM and train.clip_grad_norm > 0:
+        raise ConfigError("train.domain_optimizer=lazy_adam cannot be combined with train.clip_grad_norm (the "
+                          "per-domain gradients are sparse): set train.domain_optimizer=dense or clip_grad_norm=0")
+    return kind
+
+
 def with_model_defaults(train: TrainConfig, defaults: TrainDefaults) -> TrainConfig:
-    """``train`` with its optimiser preset spelled out (:func:`with_preset`) and the settings it leaves
-    unset (None) taken from a model's ``defaults`` (no default embedding L2 with sparse_adam, ftrl or gftrl
-    embeddings: the first cannot apply one, the others have their own)."""
-    train = with_preset(train)
+    """``train`` with its optimiser preset spelled out (:func:`with_preset`), its domain optimiser resolved
+    (:func:`domain_optimizer_of`) and the settings it leaves unset (None) taken from a model's ``defaults``
+    (no default embedding L2 with sparse_adam, ftrl or gftrl embeddings: the first cannot apply one, the
+    others have their own)."""
+    train = replace(with_preset(train), domain_optimizer=domain_optimizer_of(train))
     l2 = train.embedding_l2
     if l2 is None:
         emb_kind = train.embedding_optimizer or train.optimizer

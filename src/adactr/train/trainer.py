@@ -39,13 +39,24 @@ from tqdm.auto import tqdm
 from adactr.data.tensors import Batch, DeviceSplit, SplitArrays
 from adactr.errors import ConfigError, TrainingError
 from adactr.models.registry import train_defaults_for
+from adactr.nn.domain import per_domain_parameters, set_sparse_domain_gradients
 from adactr.nn.penalty import collect_penalties
 from adactr.nn.schedule import advance_schedules, schedules_of
 from adactr.train import checkpoint
-from adactr.train.config import EarlyStopping, FTRLConfig, Optimizer, TrainConfig, with_model_defaults, with_preset
+from adactr.train.config import (
+    DomainOptimizer,
+    EarlyStopping,
+    FTRLConfig,
+    Optimizer,
+    TrainConfig,
+    with_model_defaults,
+    with_preset,
+)
 from adactr.train.cpu_memory import freed_memory_kept
 from adactr.train.ftrl import FTRL, GroupFTRL
 from adactr.train.graphed import CaptureBackend, CudaGraphs, GraphedStep
+from adactr.train.lazy_adam import LazyAdam
+from adactr.train.maml import maml_step
 from adactr.train.metrics import evaluate as compute_metrics
 
 
@@ -72,12 +83,18 @@ def _make_optimizer(kind: Optimizer, params: list[nn.Parameter], *, lr: float, l
 def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = False
                      ) -> list[torch.optim.Optimizer]:
     """One optimiser for the embedding tables, one for everything else (``capturable``: Adam's state
-    kept on the device, for CUDA-graph capture). ``train.lr`` / ``train.embedding_l2`` left unset take
-    the model's registry defaults; ``train.optimizer_preset`` sets both optimisers."""
+    kept on the device, for CUDA-graph capture), and with ``train.domain_optimizer`` lazy_adam one for the
+    per-domain parameters (:func:`adactr.nn.domain.per_domain_parameters`, their gradients made sparse).
+    ``train.lr`` / ``train.embedding_l2`` left unset take the model's registry defaults;
+    ``train.optimizer_preset`` sets both optimisers."""
     cfg = with_model_defaults(cfg, train_defaults_for(model))
     emb = [p for p in model.embedding_parameters() if p.requires_grad]  # type: ignore[operator]
     emb_ids = {id(p) for p in emb}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in emb_ids]
+    lazy = cfg.domain_optimizer is DomainOptimizer.LAZY_ADAM  # resolved by with_model_defaults
+    per_domain = [p for p in per_domain_parameters(model) if p.requires_grad and id(p) not in emb_ids] if lazy else []
+    set_sparse_domain_gradients(model, bool(per_domain))
+    own_ids = emb_ids | {id(p) for p in per_domain}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in own_ids]
     emb_kind = cfg.embedding_optimizer or cfg.optimizer
     if cfg.optimizer is Optimizer.SPARSE_ADAM:
         raise TrainingError("sparse_adam is for embeddings only: set train.embedding_optimizer=sparse_adam")
@@ -100,6 +117,8 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, *, capturable: bool = F
     if dense:
         opts.append(_make_optimizer(cfg.optimizer, dense, lr=cfg.lr, l2=cfg.dense_l2, ftrl=cfg.ftrl,
                                     capturable=capturable))
+    if per_domain:  # lr and its reductions as the others' (train.lr); L2 train.dense_l2, on the used rows only
+        opts.append(LazyAdam(per_domain, lr=cfg.lr, weight_decay=cfg.dense_l2))
     return opts
 
 
@@ -346,6 +365,10 @@ class Trainer:
                 raise TrainingError(f"{self.run_dir / 'last.pt'}: written by an older adactr, which cannot be "
                                     f"resumed exactly; train again without --resume")
             model.load_state_dict(st["model"])
+            if len(st["optimizers"]) != len(opts):
+                raise TrainingError(f"{self.run_dir / 'last.pt'} holds {len(st['optimizers'])} optimisers, this run "
+                                    f"builds {len(opts)}: a run saved before train.domain_optimizer existed resumes "
+                                    f"with \"domain_optimizer\": \"dense\" in the train section of its config.json")
             for o, s in zip(opts, st["optimizers"], strict=True):
                 o.load_state_dict(s)
             torch.set_rng_state(st["rng"])
@@ -379,6 +402,8 @@ class Trainer:
             "embedding_l2": cfg.embedding_l2}
         step_fn = torch.compile(model) if cfg.compile else model
         run_step: Callable[[Batch], Tensor] = partial(self._step, step_fn, model, opts)
+        if cfg.meta is not None:  # train.meta=maml, the only strategy: domains as meta-learning tasks
+            run_step = maml_step(model, opts, cfg, has_domain="domain" in train.arrays, loss=training_loss)
         if graphs is not None:
             run_step = GraphedStep(run_step, backend=graphs, release_grads=partial(_release_grads, opts),
                                    learning_rates=lambda: tuple(g["lr"] for o in opts for g in o.param_groups))

@@ -1,0 +1,233 @@
+"""First-order MAML across domains (adactr/train/maml.py): one step against the formula by hand, inner_steps=0
+as an ordinary step on the query rows, meta weights moved only by the outer optimiser, support rows kept out
+of the query loss, one-line config errors, and a tiny run that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from adactr.cli import main
+from adactr.config import override, parse_sets
+from adactr.data.tensors import Batch
+from adactr.errors import ConfigError
+from adactr.nn.domain import DomainGroups
+from adactr.train.config import MAMLConfig, MetaLearning, RunConfig, TrainConfig
+from adactr.train.maml import MAMLStep, maml_step, split_tasks
+from adactr.train.trainer import Trainer, training_loss
+
+
+class Logistic(nn.Module):
+    """logit = x·w + b: the smallest model whose BCE gradients are written by hand below."""
+
+    def __init__(self, w: list[float], b: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(b, dtype=torch.float64))
+
+    def forward(self, batch: Batch) -> Tensor:
+        return batch.num @ self.w + self.b  # (B,)
+
+    def embedding_parameters(self) -> Iterator[Tensor]:
+        return iter(())
+
+
+def _batch(x: list[list[float]], y: list[float], d: list[int]) -> Batch:
+    B = len(y)
+    return Batch(cat=torch.zeros(B, 0, dtype=torch.long), num=torch.tensor(x, dtype=torch.float64), seq=(),
+                 label=torch.tensor(y, dtype=torch.float64), domain=torch.tensor(d))
+
+
+# two domains, interleaved: domain 2 has rows 0, 2, 3, 5; domain 3 has rows 1, 4, 6
+X = [[1.0, 0.0], [0.5, -1.0], [-1.0, 2.0], [2.0, 1.0], [0.0, 1.0], [1.5, -0.5], [-0.5, -1.5]]
+Y = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+D = [2, 3, 2, 2, 3, 2, 3]
+
+
+def _grad(w: Tensor, b: Tensor, rows: list[int]) -> tuple[Tensor, Tensor]:
+    """∇ of the mean BCE of logistic regression over ``rows``: (X^T (σ(Xw+b) - y) / n, mean(σ(Xw+b) - y))."""
+    x, y = torch.tensor([X[i] for i in rows], dtype=torch.float64), torch.tensor([Y[i] for i in rows],
+                                                                                   dtype=torch.float64)
+    r = torch.sigmoid(x @ w + b) - y  # (n,)
+    return x.t() @ r / len(rows), r.mean()
+
+
+def test_split_is_the_last_rows_of_each_domain_in_batch_order() -> None:
+    tasks = split_tasks(DomainGroups.of(torch.tensor(D)), 0.5)
+    # domain 2: 4 rows, 2 in the query set; domain 3: 3 rows, round(1.5) = 2 in the query set
+    assert [(d, s.tolist(), q.tolist()) for d, s, q in tasks] == [(2, [0, 2], [3, 5]), (3, [1], [4, 6])]
+    # a domain with a single row has no split and sits the step out; query sets are clamped to 1 .. n - 1
+    tasks = split_tasks(DomainGroups.of(torch.tensor([4, 2, 2, 3, 3, 3])), 0.01)
+    assert [(d, s.tolist(), q.tolist()) for d, s, q in tasks] == [(2, [1], [2]), (3, [3, 4], [5])]
+    tasks = split_tasks(DomainGroups.of(torch.tensor([2, 2, 2])), 0.99)
+    assert [(s.tolist(), q.tolist()) for _, s, q in tasks] == [([0], [1, 2])]
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_one_step_equals_first_order_maml_by_hand(inner_steps: int) -> None:
+    w0, b0 = [0.3, -0.2], 0.1
+    alpha, eta = 0.5, 0.1
+    model = Logistic(w0, b0)
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    step = MAMLStep(model, [opt], config=MAMLConfig(inner_steps=inner_steps, inner_lr=alpha, query_fraction=0.5),
+                    loss=training_loss)
+    loss = step(_batch(X, Y, D))
+
+    w, b = torch.tensor(w0, dtype=torch.float64), torch.tensor(b0, dtype=torch.float64)
+    gw, gb, query_loss = torch.zeros(2, dtype=torch.float64), torch.zeros((), dtype=torch.float64), 0.0
+    for support, query in (([0, 2], [3, 5]), ([1], [4, 6])):  # (domain 2), (domain 3)
+        wt, bt = w.clone(), b.clone()
+        for _ in range(inner_steps):  # θ' = θ' - α ∇L_S(θ')
+            sw, sb = _grad(wt, bt, support)
+            wt, bt = wt - alpha * sw, bt - alpha * sb
+        qw, qb = _grad(wt, bt, query)  # ∇L_Q at θ', used as the gradient of θ (first order)
+        gw, gb = gw + qw / 2, gb + qb / 2
+        z = torch.tensor([X[i] for i in query], dtype=torch.float64) @ wt + bt
+        y = torch.tensor([Y[i] for i in query], dtype=torch.float64)
+        query_loss += float(torch.nn.functional.binary_cross_entropy_with_logits(z, y)) / 2
+    torch.testing.assert_close(model.w.detach(), w - eta * gw, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.b.detach(), b - eta * gb, rtol=0, atol=1e-12)
+    assert float(loss) == pytest.approx(query_loss, abs=1e-12)  # the reported loss: the mean query loss
+
+
+def test_inner_steps_zero_is_an_ordinary_step_on_the_query_rows() -> None:
+    """With equal query sets (2 rows each) the task mean is the row mean, and Adam sees the same gradient."""
+    d = [2, 3, 2, 2, 3, 2, 3, 3]
+    x, y = [*X, [1.0, 1.0]], [*Y, 0.0]
+    meta, plain = Logistic([0.3, -0.2], 0.1), Logistic([0.3, -0.2], 0.1)
+    opt_meta, opt_plain = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (meta, plain))
+    step = MAMLStep(meta, [opt_meta], config=MAMLConfig(inner_steps=0, query_fraction=0.5), loss=training_loss)
+    trainer = Trainer(config=TrainConfig(), device=torch.device("cpu"))
+    query = [3, 5, 6, 7]  # the last two rows of domain 2 (0, 2, 3, 5) and of domain 3 (1, 4, 6, 7)
+    for _ in range(3):
+        step(_batch(x, y, d))
+        trainer._step(plain, plain, [opt_plain], _batch([x[i] for i in query], [y[i] for i in query],
+                                                        [d[i] for i in query]))
+    for p, q in zip(meta.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+def test_only_the_outer_optimiser_moves_the_meta_weights() -> None:
+    model = Logistic([0.3, -0.2], 0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = MAMLStep(model, [], config=MAMLConfig(inner_steps=3, inner_lr=1.0, query_fraction=0.5),
+                    loss=training_loss)
+    start = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
+    adapted = step.adapt(start, _batch(X, Y, D))
+    assert not torch.equal(adapted["w"], before[0])  # the inner loop did move its own copy
+    step(_batch(X, Y, D))  # a whole step without an optimiser: gradients, no update
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), b) and p.grad is not None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    MAMLStep(model, [opt], config=MAMLConfig(query_fraction=0.5), loss=training_loss)(_batch(X, Y, D))
+    assert not torch.equal(model.w.detach(), before[0])
+
+
+def test_support_rows_never_enter_their_domains_query_loss() -> None:
+    seen: list[tuple[bool, set[int]]] = []  # (query?, rows) of every loss the step computes
+
+    def spy(forward, batch: Batch) -> Tensor:
+        seen.append((len(seen) % 2 == 1, {int(v) for v in batch.num[:, 0]}))  # support, query, support, ...
+        return training_loss(forward, batch)
+
+    x = [[float(i), 0.0] for i in range(len(D))]  # row i carries i in its first feature
+    step = MAMLStep(Logistic([0.0, 0.0], 0.0), [], config=MAMLConfig(inner_steps=1, query_fraction=0.5), loss=spy)
+    step(_batch(x, Y, D))
+    assert seen == [(False, {0, 2}), (True, {3, 5}), (False, {1}), (True, {4, 6})]
+    # with no inner step the support rows cannot matter at all: change them, get the same gradient
+    grads = []
+    for label in (0.0, 1.0):
+        y = [label if i in (0, 2, 1) else Y[i] for i in range(len(Y))]
+        model = Logistic([0.3, -0.2], 0.1)
+        MAMLStep(model, [], config=MAMLConfig(inner_steps=0, query_fraction=0.5), loss=training_loss)(
+            _batch(X, y, D))
+        grads.append(torch.cat([model.w.grad, model.b.grad.reshape(1)]))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_tasks_per_step_draws_that_many_domains() -> None:
+    seen: list[int] = []
+
+    def spy(forward, batch: Batch) -> Tensor:
+        seen.append(int(batch.domain[0]))
+        return training_loss(forward, batch)
+
+    d = [2, 3, 4, 5] * 3
+    x, y = [[1.0, float(i)] for i in range(12)], [float(i % 2) for i in range(12)]
+    step = MAMLStep(Logistic([0.0, 0.0], 0.0), [], config=MAMLConfig(tasks_per_step=2, inner_steps=0),
+                    loss=spy)
+    step(_batch(x, y, d))
+    assert len(seen) == 2 and len(set(seen)) == 2
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.maml.query_fraction", "1", "strictly between 0 and 1"),
+    ("train.maml.query_fraction", "0", "strictly between 0 and 1"),
+    ("train.maml.inner_steps", "-1", "inner_steps must be >= 0"),
+    ("train.maml.inner_lr", "-0.1", "inner_lr must be >= 0"),
+    ("train.maml.tasks_per_step", "-2", "tasks_per_step must be >= 0"),
+    ("train.meta", "reptile", "train.meta"),
+])
+def test_config_errors_are_one_line(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        override(RunConfig(), parse_sets([f"{key}={value}"]))
+    assert "\n" not in str(e.value)
+
+
+def test_maml_needs_domains_and_eager_steps() -> None:
+    model, cfg = Logistic([0.0, 0.0], 0.0), TrainConfig(meta=MetaLearning.MAML)
+    with pytest.raises(ConfigError, match="--domain") as e:
+        maml_step(model, [], cfg, has_domain=False, loss=training_loss)
+    assert "\n" not in str(e.value)
+    for bad in (replace(cfg, compile=True), replace(cfg, cuda_graph=True)):
+        with pytest.raises(ConfigError, match="train.compile=false and train.cuda_graph=false") as e:
+            maml_step(model, [], bad, has_domain=True, loss=training_loss)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="--domain"):
+        maml_step(model, [], cfg, has_domain=True, loss=training_loss)(_batch(X, Y, D)._replace(domain=None))
+
+
+def test_training_without_a_domain_column_fails_in_one_line_naming_domain(world_csv, tmp_path, capsys) -> None:
+    data = tmp_path / "nodomain"
+    assert main(["prepare", "--train", str(world_csv["train"]), "--valid", str(world_csv["valid"]),
+                 "--out", str(data), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--model", "dnn", "--out", str(tmp_path / "run"), "--quiet",
+                 "--set", "train.meta=maml", "--set", "train.epochs=1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--domain" in err and len(err.splitlines()) == 1, err
+
+
+PLAIN = ["--model", "dnn", "--set", "model.hidden=[16,8]", "--set", "model.dropout=0.1",
+         "--set", "model.batch_norm=true", "--set", "train.epochs=2", "--set", "train.patience=5",
+         "--set", "train.batch_size=500", "--quiet"]
+ARGS = [*PLAIN, "--set", "train.meta=maml", "--set", "train.maml.tasks_per_step=2"]
+
+
+def _metrics(run) -> tuple:
+    m = json.loads((run / "metrics.json").read_text())
+    return m["test"]["auc"], m["test"]["logloss"], m["valid"]["auc"], [h["train_loss"] for h in m["history"]]
+
+
+def test_a_maml_run_trains_and_resumes_exactly(tmp_path, world_data, kill_after_first_epoch) -> None:
+    """DNN with dropout and batch norm, two of the batch's domains drawn per step: the RNG and the running
+    statistics both matter, and the resumed run ends with the uninterrupted run's metrics."""
+    full = tmp_path / "full"
+    assert main(["train", "--data", str(world_data), "--out", str(full), *ARGS]) == 0
+    auc, _, _, losses = _metrics(full)
+    assert auc > 0.55 and len(losses) == 2
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", str(world_data), "--out", str(plain), *PLAIN]) == 0
+    assert _metrics(plain) != _metrics(full)  # the strategy did change the training
+
+    killed = tmp_path / "killed"
+    restore = kill_after_first_epoch()
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS]) == 130
+    restore()
+    assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, "--resume"]) == 0
+    assert _metrics(killed) == _metrics(full)
