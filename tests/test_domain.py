@@ -267,3 +267,23 @@ def test_domain_optimizer_settings() -> None:
     opts = build_optimizers(_AsModel(tower), TrainConfig(optimizer=Optimizer.SGD, lr=0.05,
                                                           domain_optimizer=DomainOptimizer.LAZY_ADAM))
     assert [type(o).__name__ for o in opts] == ["SGD", "LazyAdam"]
+
+
+def test_per_domain_layers_report_each_rows_domain_layer_to_the_adaptivity_diagnostic() -> None:
+    torch.manual_seed(0)
+    star = StarLinear(4, 3, n_domains=6)
+    with torch.no_grad():
+        star.W_p[1] *= 2  # domain 3: every weight doubled, so its unit norms double
+        star.b_p[2] += 1  # domain 4: bias + 1
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 3])
+    g = star.generated(torch.randn(7, 4), DomainGroups.of(ids))
+    centre = torch.linalg.vector_norm(star.W, dim=1).detach()  # (out,) the shared layer's unit norms
+    expect_norm = torch.stack([centre * (2 if d == 3 else 1) for d in ids.tolist()])
+    expect_bias = torch.stack([star.b.detach() + (1 if d == 4 else 0) for d in ids.tolist()])
+    torch.testing.assert_close(g["weight_norm"], expect_norm)
+    torch.testing.assert_close(g["bias"], expect_bias)
+    lin = DomainLinear(4, 3, n_domains=6)
+    g = lin.generated(torch.randn(7, 4), DomainGroups.of(ids))
+    for row, d in enumerate(ids.tolist()):
+        torch.testing.assert_close(g["weight_norm"][row], torch.linalg.vector_norm(lin.weight[d], dim=1).detach())
+        torch.testing.assert_close(g["bias"][row], lin.bias[d].detach())

@@ -220,6 +220,11 @@ def _uniform_(t: Tensor, fan_in: int) -> Tensor:
     return nn.init.uniform_(t, -bound, bound)
 
 
+def _per_row(per_present: Tensor, g: DomainGroups) -> Tensor:
+    """(U, k) values of the present domains -> (B, k) each row's own domain's, in batch order."""
+    return per_present.index_select(0, g.segment).index_select(0, g.inverse)
+
+
 class DomainLinear(nn.Module):
     """``y_i = W_{d_i} x_i + b_{d_i}``: a separate linear layer per domain, each sample through its own.
 
@@ -246,6 +251,16 @@ class DomainLinear(nn.Module):
         g = _groups(cond, self.n_domains, "DomainLinear")
         b = _gather_rows(self.bias, g.present_index, self.sparse)  # (U, out) the present domains' biases
         return grouped_linear(x, g, self.weight, b.index_select(0, g.segment), sparse=self.sparse)  # (B, out)
+
+    @torch.no_grad()
+    def generated(self, x: Tensor, cond: Tensor | DomainGroups | None = None) -> dict[str, Tensor]:
+        """For the adaptivity diagnostic: each row's domain's layer, summarised as the norm of each output
+        unit's weights, ``||W_d[k, :]||`` (B, out), and the bias ``b_d`` (B, out). A per-domain layer is
+        fixed within a domain, so its spread across rows is the spread between domains (``by_domain``)."""
+        g = _groups(cond, self.n_domains, "DomainLinear")
+        W = self.weight.index_select(0, g.present_index)  # (U, out, in)
+        return {"weight_norm": _per_row(torch.linalg.vector_norm(W, dim=2), g),
+                "bias": _per_row(self.bias.index_select(0, g.present_index), g)}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_domains={self.n_domains}"
@@ -287,6 +302,19 @@ class StarLinear(nn.Module):
             b_p = torch.cat([b_p.new_zeros(k, self.out_features), b_p])  # (U, out)
         return grouped_linear(x, g, self.W_p, self.b + b_p.index_select(0, g.segment), shared=self.W, rows=rows,
                               sparse=self.sparse)  # (B, out)
+
+    @torch.no_grad()
+    def generated(self, x: Tensor, cond: Tensor | DomainGroups | None = None) -> dict[str, Tensor]:
+        """For the adaptivity diagnostic: each row's star-topology layer ``W ⊙ W_p``, ``b + b_p``, summarised as
+        the norm of each output unit's weights (B, out) and the bias (B, out); the reserved ids get the centre.
+        Fixed within a domain: the spread across rows is the spread between domains (``by_domain``)."""
+        g = _groups(cond, self.n_domains, "StarLinear")
+        own = (g.present_index - RESERVED).clamp(min=0)  # (U,) the row of W_p / b_p (reserved ids: any)
+        star = g.present_index >= RESERVED  # (U,)
+        W_p = torch.where(star[:, None, None], self.W_p.index_select(0, own), 1.0)  # (U, out, in)
+        b_p = torch.where(star[:, None], self.b_p.index_select(0, own), 0.0)  # (U, out)
+        return {"weight_norm": _per_row(torch.linalg.vector_norm(self.W * W_p, dim=2), g),
+                "bias": _per_row(self.b + b_p, g)}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_domains={self.n_domains}"
