@@ -7,7 +7,11 @@ RUN is a trained ``model.tower_layer=adasparse`` run. Three forms of the model, 
 * ``pruned``   -- the served form (``for_inference()``: :class:`adactr.nn.adasparse.PrunedLinear`), which reads
   only the columns of each layer whose input some row of the batch keeps;
 * ``unpruned`` -- the same weights in the training form: ``W (h ⊙ π)`` over every input, zeros included;
-* ``dnn``      -- the plain backbone of the same sizes without pruners (random weights: cost only).
+* ``dnn``      -- the plain backbone of the same sizes without pruners (random weights: cost only);
+* ``star tower`` -- the backbone with STAR's star-topology layers (``model.tower_layer=star``), served folded
+  (one ``W ⊙ W_d`` per domain), and ``star`` the whole STAR model with the same hidden sizes;
+* ``apg``      -- the backbone with group-wise APG on the domain columns (the defaults of ``model.apg``),
+  served form: the paper's other two points of comparison in §3.1.3 (random weights: cost only).
 
 Per batch: ``--batch`` rows, forward only, no autograd; per request: one row at a time over ``--requests``
 rows. Rounds are interleaved (each form once per round) and the median is reported. The share of inputs a
@@ -28,6 +32,7 @@ from adactr.data.tensors import Batch, SplitArrays
 from adactr.models.config import TowerLayer
 from adactr.models.registry import build_model
 from adactr.nn.adasparse import AdaSparseLinear
+from adactr.nn.apg import ConditionMode
 from adactr.train import checkpoint
 from adactr.train.run import RunFiles, load_run
 
@@ -69,7 +74,14 @@ def main() -> None:
     unpruned.load_state_dict(checkpoint.load_weights(RunFiles(args.run).weights))
     dnn = build_model(saved["model_name"], layout=schema.layout(),
                       config=replace(config.model, tower_layer=TowerLayer.LINEAR))
-    forms = {"pruned": pruned.eval(), "unpruned": unpruned.eval(), "dnn": dnn.eval()}
+    star_tower = build_model(saved["model_name"], layout=schema.layout(),
+                             config=replace(config.model, tower_layer=TowerLayer.STAR)).for_inference()
+    star = build_model("star", layout=schema.layout(), config=replace(config.model, tower_layer=TowerLayer.LINEAR))
+    apg_cfg = replace(config.model.apg, condition=ConditionMode.GROUP, condition_fields=schema.domain_sources)
+    apg = build_model(saved["model_name"], layout=schema.layout(),
+                      config=replace(config.model, tower_layer=TowerLayer.APG, apg=apg_cfg)).for_inference()
+    forms = {"pruned": pruned.eval(), "unpruned": unpruned.eval(), "dnn": dnn.eval(),
+             "star tower": star_tower.eval(), "star": star.for_inference().eval(), "apg": apg.eval()}
     test = SplitArrays.load(args.data / "test").to_tensors(torch.device("cpu"))
     batch = next(iter(test.batches(args.batch)))
     torch.testing.assert_close(pruned(batch), unpruned(batch), rtol=1e-4, atol=1e-5)
@@ -90,11 +102,13 @@ def main() -> None:
             for i in range(args.requests):
                 model(_rows(batch, i, 1))
             per_request[name].append((time.perf_counter() - t0) / args.requests)
-    print(f"| form | batch of {batch.size} (ms) | single request (us) |")
-    print("|---|---|---|")
-    for name in forms:
+    print(f"| form | batch of {batch.size} (ms) | single request (us) | parameters outside the embeddings |")
+    print("|---|---|---|---|")
+    for name, model in forms.items():
+        emb = {id(p) for p in model.embedding_parameters()}
+        dense = sum(p.numel() for p in model.parameters() if id(p) not in emb)
         print(f"| {name} | {statistics.median(per_batch[name]) * 1e3:.2f} | "
-              f"{statistics.median(per_request[name]) * 1e6:.0f} |")
+              f"{statistics.median(per_request[name]) * 1e6:.0f} | {dense:,} |")
 
 
 if __name__ == "__main__":

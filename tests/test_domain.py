@@ -287,3 +287,19 @@ def test_per_domain_layers_report_each_rows_domain_layer_to_the_adaptivity_diagn
     for row, d in enumerate(ids.tolist()):
         torch.testing.assert_close(g["weight_norm"][row], torch.linalg.vector_norm(lin.weight[d], dim=1).detach())
         torch.testing.assert_close(g["bias"][row], lin.bias[d].detach())
+
+
+def test_star_layer_served_form_folds_the_domain_factors_and_gives_the_same_outputs() -> None:
+    torch.manual_seed(1)
+    star = StarLinear(5, 3, n_domains=6)
+    with torch.no_grad():
+        star.W_p.normal_(1.0, 0.3)
+        star.b_p.normal_(0.0, 0.3)
+    served = star.collapse()
+    assert isinstance(served, DomainLinear)
+    torch.testing.assert_close(served.weight[3], star.W * star.W_p[1])  # domain 3 = row 1 of W_p
+    torch.testing.assert_close(served.weight[1], star.W.detach())  # <unseen>: the shared centre
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 5, 2])
+    x = torch.randn(8, 5)
+    torch.testing.assert_close(served(x, ids), star(x, ids))
+    assert star.W_p.requires_grad and star.collapse().weight.shape == (6, 3, 5)  # unchanged, deterministic

@@ -232,3 +232,20 @@ def test_star_tower_needs_domains_and_a_tower() -> None:
         build_model("fm", layout=LAYOUT, config=STAR_TOWER)
     with pytest.raises(ConfigError, match="own condition"):
         build_model("mmoe", layout=LAYOUT, config=STAR_TOWER)
+
+
+def test_star_run_is_served_folded_and_evaluates_as_trained(world_data, tmp_path) -> None:
+    import json
+
+    from adactr.train.run import evaluate_run, load_run
+
+    out = tmp_path / "star"
+    assert main(["train", "--data", str(world_data), "--model", "star", "--out", str(out), "--quiet",
+                 "--set", "train.epochs=1", "--set", "model.hidden=[16,8]"]) == 0
+    served, *_ = load_run(out)
+    assert not any(isinstance(m, StarLinear) for m in served.modules())  # W ⊙ W_p folded per domain
+    assert any(isinstance(m, DomainLinear) for m in served.modules())
+    metrics = json.loads((out / "metrics.json").read_text())
+    again = evaluate_run(run=out, data=world_data, split="test")
+    assert again["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
+    assert any("weight_norm" in part for part in metrics["adaptivity"].values())

@@ -316,6 +316,16 @@ class StarLinear(nn.Module):
         return {"weight_norm": _per_row(torch.linalg.vector_norm(self.W * W_p, dim=2), g),
                 "bias": _per_row(self.b + b_p, g)}
 
+    @torch.no_grad()
+    def collapse(self) -> DomainLinear:
+        """The served form: ``W ⊙ W_p`` and ``b + b_p`` folded once into a :class:`DomainLinear` (the reserved
+        ids get the centre ``W``, ``b``), so serving reads one matrix per domain and multiplies nothing
+        elementwise. Same outputs; ``self`` is unchanged."""
+        served = DomainLinear(self.in_features, self.out_features, n_domains=self.n_domains)
+        served.weight.copy_(torch.cat([self.W.expand(RESERVED, -1, -1), self.W * self.W_p]))
+        served.bias.copy_(torch.cat([self.b.expand(RESERVED, -1), self.b + self.b_p]))
+        return served
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, n_domains={self.n_domains}"
 
