@@ -30,15 +30,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import mean_std, run_grid  # noqa: E402
+from accuracy import _train_one, mean_std  # noqa: E402
 
 COMMON = ["model.hidden=[128,64,32]", "model.dropout=0.2", "model.batch_norm=true", "train.embedding_l2=0.01"]
 BACKBONES = ["dnn", "dcnv2"]
@@ -85,32 +90,33 @@ def variant_sets(variant: str, data: Path) -> list[str]:
     raise SystemExit(f"unknown variant {variant!r}")
 
 
-def _grid(data: Path, rows: list[tuple[str, str, list[str]]], seeds: list[int], args: argparse.Namespace
-          ) -> dict[str, list[dict]]:
-    """Train every row (label, model, overrides) for every seed; results by label. Rows of one model that
-    share overrides share cache entries across tables."""
-    out: dict[str, list[dict]] = {}
-    for label, model, sets in rows:
-        res = run_grid(data, [model], seeds, [*COMMON, *args.set, *sets], jobs=args.jobs, cache=args.cache)
-        out[label] = res[""][model]
-    return out
-
-
 def _all_rows(data: Path, seeds: list[int], args: argparse.Namespace, rows: list[tuple[str, str, list[str]]]
               ) -> dict[str, list[dict]]:
-    """Like _grid, but every (row, seed) goes into one pool so that --jobs runs them side by side."""
-    if args.jobs <= 1:
-        return _grid(data, rows, seeds, args)
-    variants = {label: sets for label, _, sets in rows}
-    models = sorted({m for _, m, _ in rows}, key=[m for _, m, _ in rows].index)
-    # run_grid crosses models with variants; rows name their (model, variant) pairs, so run one grid per
-    # model with only that model's variants
-    out: dict[str, list[dict]] = {}
-    for model in models:
-        mine = {label: variants[label] for label, m, _ in rows if m == model}
-        res = run_grid(data, [model], seeds, [*COMMON, *args.set], jobs=args.jobs, cache=args.cache,
-                       variants=mine)
-        out.update({label: res[label][model] for label in mine})
+    """Train every row (label, model, overrides) for every seed, all (row, seed) pairs in one pool of
+    ``--jobs`` workers; results by label. The overrides are laid out as ``run_grid`` lays them out (the
+    cache key), so a row shared by two tables, or with another script, is one cache entry."""
+    tasks = []
+    for label, model, sets in rows:
+        for seed in seeds:
+            run_sets = [*COMMON, *args.set, *sets, f"train.seed={seed}"]
+            if args.jobs > 1 and not any(x.startswith("train.threads=") for x in run_sets):
+                run_sets.append("train.threads=1")
+            tasks.append((label, model, seed, run_sets))
+    out: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    cache = str(args.cache) if args.cache else None
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        if args.jobs <= 1:
+            runs: Iterator[dict] = (_train_one(str(data), m, rs, cache) for _, m, _, rs in tasks)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=args.jobs,
+                                                           mp_context=multiprocessing.get_context("spawn")))
+            runs = (f.result() for f in [pool.submit(_train_one, str(data), m, rs, cache) for _, m, _, rs in tasks])
+        for i, (r, (label, _, seed, _)) in enumerate(zip(runs, tasks, strict=True), 1):
+            out[label].append(r)
+            print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: test AUC "
+                  f"{r['test']['auc']:.5f} GAUC {_gauc(r):.5f} epochs {r['epochs']} ({r['samples_per_second']:.0f}/s)",
+                  file=sys.stderr, flush=True)
     return out
 
 
