@@ -344,6 +344,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("maml-query-is-support", "src/adactr/train/maml.py",
              "tasks.append((d, seg[:n - n_query], seg[n - n_query:]))", "tasks.append((d, seg[:n - n_query], seg))",
              (MAML_T,), "a domain's support rows enter its query loss too"),
+    Mutation("maml-finetune-on-another-domain", "src/adactr/train/maml.py",
+             "mine = order[ends[d] - n:ends[d]]", "mine = order[:n]",
+             (MAML_T,), "every domain is fine-tuned for serving on the first domain's train rows, not its own"),
     # ---- FTRL / GroupLasso-FTRL -----------------------------------------------------------------------
     Mutation("gftrl-threshold-without-sqrt-d", "src/adactr/train/ftrl.py",
              "threshold = l1 * math.sqrt(z.shape[1])", "threshold = l1",

@@ -1,6 +1,8 @@
 """First-order MAML across domains (adactr/train/maml.py): one step against the formula by hand, inner_steps=0
 as an ordinary step on the query rows, meta weights moved only by the outer optimiser, support rows kept out
-of the query loss, one-line config errors, and a tiny run that resumes exactly."""
+of the query loss, one-line config errors, and a tiny run that resumes exactly; per-domain fine-tuning at
+serving time against K SGD steps by hand, the meta weights for reserved domains, and a run saved and
+loaded predicting the same."""
 
 from __future__ import annotations
 
@@ -8,17 +10,19 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
 from adactr.cli import main
 from adactr.config import override, parse_sets
-from adactr.data.tensors import Batch
+from adactr.data.tensors import Batch, SplitArrays
 from adactr.errors import ConfigError
 from adactr.nn.domain import DomainGroups
-from adactr.train.config import MAMLConfig, MetaLearning, RunConfig, TrainConfig
-from adactr.train.maml import MAMLStep, maml_step, split_tasks
+from adactr.train.config import Device, MAMLConfig, MetaLearning, RunConfig, TrainConfig
+from adactr.train.maml import MAMLServed, MAMLStep, finetune_domains, maml_step, split_tasks
+from adactr.train.run import evaluate_run, load_run
 from adactr.train.trainer import Trainer, training_loss
 
 
@@ -171,6 +175,9 @@ def test_tasks_per_step_draws_that_many_domains() -> None:
     ("train.maml.inner_steps", "-1", "inner_steps must be >= 0"),
     ("train.maml.inner_lr", "-0.1", "inner_lr must be >= 0"),
     ("train.maml.tasks_per_step", "-2", "tasks_per_step must be >= 0"),
+    ("train.maml.finetune_steps", "-1", "finetune_steps must be >= 0"),
+    ("train.maml.finetune_rows", "-5", "finetune_rows must be >= 0"),
+    ("train.maml.finetune_steps", "two", "finetune_steps"),
     ("train.meta", "reptile", "train.meta"),
 ])
 def test_config_errors_are_one_line(key: str, value: str, message: str) -> None:
@@ -231,3 +238,141 @@ def test_a_maml_run_trains_and_resumes_exactly(tmp_path, world_data, kill_after_
     restore()
     assert main(["train", "--data", str(world_data), "--out", str(killed), *ARGS, "--resume"]) == 0
     assert _metrics(killed) == _metrics(full)
+
+
+# ---- fine-tuning per domain at serving time --------------------------------------------------------------
+
+N_DOMAINS = 5  # 0 <missing>, 1 <unseen>, 2 and 3 with train rows (X, Y, D above), 4 without any
+
+
+def _train_split() -> SplitArrays:
+    return SplitArrays({"cat": np.zeros((len(Y), 0), dtype=np.int64), "num": np.array(X), "label": np.array(Y),
+                        "domain": np.array(D, dtype=np.int64)})
+
+
+def _finetuned(model: nn.Module, **cfg) -> MAMLServed:
+    return finetune_domains(model, _train_split(), config=MAMLConfig(**cfg), n_domains=N_DOMAINS,
+                            loss=training_loss, seed=0, device=torch.device("cpu"))
+
+
+# rows to serve: one of every domain id, ids 0, 1 and 4 having no weights of their own
+SERVE = _batch([[1.0, 2.0], [-1.0, 0.5], [0.5, 0.5], [2.0, -1.0], [0.0, -2.0]], [0.0] * 5, [0, 1, 2, 3, 4])
+
+
+def _by_hand(rows: list[int], k: int, alpha: float) -> tuple[Tensor, Tensor]:
+    """(w, b) after k SGD steps at α on the mean BCE of ``rows`` from (0.3, -0.2), 0.1."""
+    w, b = torch.tensor([0.3, -0.2], dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64)
+    for _ in range(k):
+        gw, gb = _grad(w, b, rows)
+        w, b = w - alpha * gw, b - alpha * gb
+    return w, b
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_each_domain_is_served_by_the_meta_weights_after_k_sgd_steps_on_its_own_rows(k: int) -> None:
+    model = Logistic([0.3, -0.2], 0.1)
+    served = _finetuned(model, inner_lr=0.5, finetune_steps=k, finetune_rows=0)  # 0: all of a domain's rows
+    z = served(SERVE).detach()
+    for row, rows in ((2, [0, 2, 3, 5]), (3, [1, 4, 6])):  # domain 2's train rows, domain 3's
+        w, b = _by_hand(rows, k, 0.5)
+        assert float(z[row]) == pytest.approx(float(SERVE.num[row] @ w + b), abs=1e-12)
+    assert model.w.tolist() == [0.3, -0.2] and model.b.item() == 0.1  # the meta weights stay as they were
+    assert served.domain_adapted.tolist() == [False, False, True, True, False]
+
+
+def test_reserved_domains_and_domains_without_train_rows_get_the_meta_weights() -> None:
+    model = Logistic([0.3, -0.2], 0.1)
+    served = _finetuned(model, inner_lr=0.5, finetune_rows=0)
+    z, meta = served(SERVE), model(SERVE)
+    assert torch.equal(z[[0, 1, 4]], meta[[0, 1, 4]])  # <missing>, <unseen>, no train rows
+    assert not torch.isclose(z[2], meta[2]) and not torch.isclose(z[3], meta[3])  # the others did adapt
+    alone = SERVE._replace(domain=torch.tensor([1, 1, 4, 0, 1]))  # no adapted domain at all: the model itself
+    assert torch.equal(served(alone), model(alone))
+
+
+def test_the_support_set_is_finetune_rows_of_the_domains_own_rows() -> None:
+    """With 2 support rows, domain 2 (rows 0, 2, 3, 5) is served by one step on two of them."""
+    served = _finetuned(Logistic([0.3, -0.2], 0.1), inner_lr=0.5, finetune_rows=2)
+    z = float(served(SERVE).detach()[2])
+    pairs = [[a, b] for a in (0, 2, 3, 5) for b in (0, 2, 3, 5) if a < b]
+    hand = [float(SERVE.num[2] @ w + b) for w, b in (_by_hand(p, 1, 0.5) for p in pairs)]
+    assert min(abs(z - h) for h in hand) < 1e-12
+    assert len({round(h, 9) for h in hand}) == len(pairs)  # the pairs are told apart
+
+
+def test_finetune_steps_defaults_to_inner_steps() -> None:
+    assert MAMLConfig().finetune_k == 1 and MAMLConfig(inner_steps=3).finetune_k == 3
+    assert MAMLConfig(inner_steps=3, finetune_steps=0).finetune_k == 0
+
+
+def test_a_served_model_loads_into_a_fresh_structure() -> None:
+    served = _finetuned(Logistic([0.3, -0.2], 0.1), inner_lr=0.5)
+    fresh = MAMLServed(Logistic([0.0, 0.0], 0.0), n_domains=N_DOMAINS, adapt_embeddings=True)
+    fresh.load_state_dict(served.state_dict())
+    assert torch.equal(fresh(SERVE), served(SERVE))
+
+
+FT = [*PLAIN, "--set", "train.meta=maml", "--set", "train.maml.inner_lr=0.1"]
+
+
+def test_a_finetuned_run_serves_what_it_saved_and_k0_is_the_meta_weights(tmp_path, world_data) -> None:
+    k0, k1 = tmp_path / "k0", tmp_path / "k1"
+    assert main(["train", "--data", str(world_data), "--out", str(k0), *FT,
+                 "--set", "train.maml.finetune_steps=0"]) == 0
+    assert main(["train", "--data", str(world_data), "--out", str(k1), *FT]) == 0
+    m0, m1 = (json.loads((r / "metrics.json").read_text()) for r in (k0, k1))
+    # the same training; K = 0 serves the meta weights as before fine-tuning existed, K = 1 other weights
+    def history(m: dict) -> list:
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+
+    assert history(m0) == history(m1) and "maml_finetune" not in m0
+    assert m1["maml_finetune"]["meta_test"]["auc"] == m0["test"]["auc"]
+    assert m1["maml_finetune"]["meta_test"]["logloss"] == m0["test"]["logloss"]
+    assert m1["test"]["logloss"] != m0["test"]["logloss"]
+    assert m1["maml_finetune"]["domains"] > 0 and m1["maml_finetune"]["steps"] == 1
+    assert not isinstance(load_run(k0)[0], MAMLServed) and isinstance(load_run(k1)[0], MAMLServed)
+    for run, m in ((k0, m0), (k1, m1)):  # what model.safetensors holds is what the metrics measured
+        again = evaluate_run(run=run, data=world_data, device=Device.CPU)
+        assert (again["auc"], again["logloss"]) == (m["test"]["auc"], m["test"]["logloss"])
+
+
+class Lookup(nn.Module):
+    """logit = e[id]·v + b with a lookup table e: fine-tuning moves only the rows a domain's ids use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e = nn.Embedding(6, 2, dtype=torch.float64)
+        nn.init.normal_(self.e.weight, generator=torch.Generator().manual_seed(0))
+        self.v = nn.Parameter(torch.tensor([0.5, -0.3], dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(0.1, dtype=torch.float64))
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.e(batch.cat[:, 0]) @ self.v + self.b  # (B,)
+
+    def embedding_parameters(self) -> Iterator[Tensor]:
+        return iter((self.e.weight,))
+
+
+@pytest.mark.parametrize("adapt_embeddings", [True, False])
+def test_tables_keep_only_the_changed_rows_and_serve_the_adapted_table(adapt_embeddings: bool) -> None:
+    ids = [2, 3, 2, 4, 5, 3, 5]  # domain 2 (rows 0, 2, 3, 5) uses ids 2, 4, 3; domain 3 (rows 1, 4, 6) 3, 5
+    split = SplitArrays({"cat": np.array(ids).reshape(-1, 1), "num": np.zeros((7, 0)), "label": np.array(Y),
+                         "domain": np.array(D, dtype=np.int64)})
+    model = Lookup()
+    cfg = MAMLConfig(inner_lr=0.5, finetune_steps=2, finetune_rows=0, adapt_embeddings=adapt_embeddings)
+    served = finetune_domains(model, split, config=cfg, n_domains=N_DOMAINS, loss=training_loss, seed=0,
+                              device=torch.device("cpu"))
+    serve = _batch([[]] * 6, [0.0] * 6, [2, 2, 3, 3, 1, 4])._replace(cat=torch.tensor([[2], [5], [3], [4], [2], [5]]))
+    z = served(serve).detach()
+    step = MAMLStep(model, [], config=cfg, loss=training_loss)
+    for rows_d, serve_rows in (([0, 2, 3, 5], [0, 1]), ([1, 4, 6], [2, 3])):  # domain 2, domain 3
+        start = {n: p.detach().requires_grad_() for n, p in model.named_parameters()}
+        fast = step.adapt(start, split.to_tensors(torch.device("cpu")).take(torch.tensor(rows_d)), steps=2)
+        want = torch.func.functional_call(model, fast, (serve._replace(cat=serve.cat[serve_rows]),)).detach()
+        torch.testing.assert_close(z[serve_rows], want, rtol=0, atol=1e-12)
+    assert torch.equal(z[4:], model(serve._replace(cat=serve.cat[4:])).detach())  # <unseen>, no train rows
+    if adapt_embeddings:  # per domain, the rows its ids looked up; nothing of the other rows
+        assert served.rows__e__weight.tolist() == [2, 3, 4, 3, 5]
+        assert served.offsets__e__weight.tolist() == [0, 0, 0, 3, 5, 5]
+    else:
+        assert served.table_names == [] and not hasattr(served, "rows__e__weight")

@@ -99,8 +99,32 @@ class MAMLConfig:
     # weight and keeps the tables at the meta weights inside a task (MAMDR "all_hidden"): a dense copy of
     # each table per task and inner step is what it saves, the cost that grows with the vocabulary
     adapt_embeddings: bool = True
+    # K: after training, SGD steps at inner_lr from the meta weights on each train domain's own rows, the
+    # weights that then serve that domain's rows (MAMDR's meta_finetune_step; adactr/train/maml.py,
+    # MAMLServed). None = inner_steps: serving then takes exactly the adaptation the meta objective trained
+    # the meta weights for (the query loss at θ after inner_steps steps). 0 = the meta weights serve every
+    # domain (the served model is the plain backbone)
+    finetune_steps: int | None = None
+    # the support set of a domain's fine-tuning: this many of its train rows, drawn once at random (all of
+    # them when it has fewer), every step on the same rows as the inner loop does. 4096: the mean-BCE
+    # gradient of any sample is an unbiased estimate of the domain's, so a support set larger than a
+    # training task's (~20 % of a domain's rows in a batch) takes the same expected step with less noise,
+    # while the cost stays bounded: at most K forward-backward passes of 4096 rows per domain. 0 = every
+    # train row of the domain in one pass (its exact gradient; memory grows with the largest domain)
+    finetune_rows: int = 4096
+
+    @property
+    def finetune_k(self) -> int:
+        """K, the fine-tuning steps (``finetune_steps``, or ``inner_steps`` when that is None)."""
+        return self.inner_steps if self.finetune_steps is None else self.finetune_steps
 
     def __post_init__(self) -> None:
+        if self.finetune_steps is not None and not self.finetune_steps >= 0:
+            raise ConfigError(f"train.maml.finetune_steps must be >= 0 (0 = serve the meta weights), got "
+                              f"{self.finetune_steps}")
+        if not self.finetune_rows >= 0:
+            raise ConfigError(f"train.maml.finetune_rows must be >= 0 (0 = all of a domain's train rows), got "
+                              f"{self.finetune_rows}")
         if not self.inner_steps >= 0:
             raise ConfigError(f"train.maml.inner_steps must be >= 0, got {self.inner_steps}")
         if not self.inner_lr >= 0:

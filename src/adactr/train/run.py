@@ -27,9 +27,10 @@ from adactr.errors import AdactrError, DataError, DataWarning
 from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train import checkpoint
-from adactr.train.config import Device, RunConfig, resolve
+from adactr.train.config import Device, MetaLearning, RunConfig, resolve
 from adactr.train.ftrl import zero_rows
-from adactr.train.trainer import Trainer, evaluate_split, predict_logits
+from adactr.train.maml import MAMLServed, finetune_domains
+from adactr.train.trainer import Trainer, evaluate_split, predict_logits, training_loss
 
 # validation rows the adaptivity diagnostic reads (all of Frappe_x1's and MovieLens-1M's; a bounded cost on
 # Criteo-sized splits)
@@ -53,6 +54,12 @@ def _inference_form(model: nn.Module) -> nn.Module:
     """The model as served: collapsed / pruned where the paper says so (identity otherwise)."""
     fn = getattr(model, "for_inference", None)
     return fn() if fn is not None else model
+
+
+def _finetunes(config: RunConfig) -> bool:
+    """Whether the run serves per-domain fine-tuned weights (train.meta=maml with K > 0): its model is then
+    a :class:`MAMLServed` around the training form, not the inference form."""
+    return config.train.meta is MetaLearning.MAML and config.train.maml.finetune_k > 0
 
 
 @dataclass(frozen=True)
@@ -128,22 +135,42 @@ def _train(schema: Schema, data: Path, model_name: str, files: RunFiles, config:
     fit = trainer.fit(model, train, valid, resume=resume)
     wall = time.perf_counter() - t0
 
-    served = _inference_form(model)
+    meta = served = _inference_form(model)
+    finetune: dict[str, Any] = {}
+    if _finetunes(config):  # MAML: each domain's weights fine-tuned from the meta weights (adactr/train/maml.py)
+        t1 = time.perf_counter()
+        served = finetune_domains(model, train, config=tc.maml, n_domains=schema.layout().n_domains,
+                                  loss=training_loss, seed=tc.seed, device=device)
+        finetune = {"steps": tc.maml.finetune_k, "rows": tc.maml.finetune_rows,
+                    "domains": int(served.domain_adapted.sum()), "seconds": round(time.perf_counter() - t1, 3),
+                    "adapted_bytes": served.adapted_bytes()}
     checkpoint.save_weights(files.weights, served.state_dict())
     results: dict[str, Any] = {"model": model_name, "device": str(device), "seed": tc.seed,
                                "params": n_params}
     eb = tc.eval_batch_size
     keep = tc.keep_freed_memory
-    results["valid"] = evaluate_split(served, valid, batch_size=eb, domain_names=schema.domain_names,
-                                      keep_freed_memory=keep, progress=tc.progress, desc="valid")
-    # how much each adaptive part's generated parameters vary across the validation rows (STYLE 13)
-    adaptivity = measure_adaptivity(served, valid.batches(eb), max_rows=ADAPTIVITY_ROWS)
+
+    def evaluate(m: nn.Module, split: Any, desc: str) -> dict[str, Any]:
+        return evaluate_split(m, split, batch_size=eb, domain_names=schema.domain_names, keep_freed_memory=keep,
+                              progress=tc.progress, desc=desc)
+
+    def brief(metrics: dict[str, Any]) -> dict[str, Any]:  # the meta weights' figures beside the served ones
+        return {k: metrics[k] for k in ("auc", "logloss", "domain_auc_mean") if k in metrics}
+
+    results["valid"] = evaluate(served, valid, "valid")
+    if finetune:
+        finetune["meta_valid"] = brief(evaluate(meta, valid, "valid (meta weights)"))
+    # how much each adaptive part's generated parameters vary across the validation rows (STYLE 13); the
+    # meta model's under MAML fine-tuning (the served one splits batches by domain)
+    adaptivity = measure_adaptivity(meta, valid.batches(eb), max_rows=ADAPTIVITY_ROWS)
     if adaptivity:
         results["adaptivity"] = adaptivity
     del valid
     test = SplitArrays.load(data / "test").to_tensors(device)
-    results["test"] = evaluate_split(served, test, batch_size=eb, domain_names=schema.domain_names,
-                                     keep_freed_memory=keep, progress=tc.progress, desc="test")
+    results["test"] = evaluate(served, test, "test")
+    if finetune:
+        finetune["meta_test"] = brief(evaluate(meta, test, "test (meta weights)"))
+        results["maml_finetune"] = finetune
     results.update({
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
         "train_seconds": round(fit.train_seconds, 3), "wall_seconds": round(wall, 3),
@@ -166,8 +193,15 @@ def load_run(run: Path, device: torch.device | None = None) -> tuple[nn.Module, 
     saved = json.loads(files.config.read_text())
     config = override(RunConfig(), saved["config"])
     schema = Schema.load(run / "schema.json")
-    model = _inference_form(build_model(saved["model_name"], layout=schema.layout(), config=config.model))
-    model.load_state_dict(checkpoint.load_weights(files.weights))
+    model: nn.Module = build_model(saved["model_name"], layout=schema.layout(), config=config.model)
+    weights = checkpoint.load_weights(files.weights)
+    # (a MAML run trained before fine-tuning existed holds the meta weights only, whatever its config says)
+    if _finetunes(config) and "domain_adapted" in weights:
+        model = MAMLServed(model, n_domains=schema.layout().n_domains,
+                           adapt_embeddings=config.train.maml.adapt_embeddings)
+    else:
+        model = _inference_form(model)
+    model.load_state_dict(weights)
     model.to(device or torch.device("cpu")).eval()
     return model, schema, config, saved
 
