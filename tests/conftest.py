@@ -69,15 +69,17 @@ def world_data(tmp_path_factory, world_csv) -> Path:
 
 @pytest.fixture
 def kill_after_first_epoch(monkeypatch):
-    """``arm()`` makes training stop as if killed right after epoch 1 was checkpointed; it returns the undo."""
+    """``arm()`` makes training stop as if killed right after epoch 1 was checkpointed; it returns the undo.
+    ``arm(when=None)`` kills it right after the first checkpoint, wherever that is (mid-epoch included);
+    ``when`` is otherwise the checkpoint's ``(epoch, step_in_epoch)``."""
     from adactr.train import trainer as trainer_mod
 
-    def arm():
+    def arm(when: tuple[int, int] | None = (1, 0)):
         original = trainer_mod.Trainer._save
 
         def save_then_die(self, model, opts, best, result, at):
             original(self, model, opts, best, result, at)
-            if (at.epoch, at.step_in_epoch) == (1, 0):
+            if when is None or (at.epoch, at.step_in_epoch) == when:
                 raise KeyboardInterrupt
 
         monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)

@@ -156,22 +156,16 @@ def test_schedules_advance_with_optimisation_steps_only(tmp_path) -> None:
     assert float(layer.lambda_hat.value) == pytest.approx(0.1)
 
 
-def test_resume_continues_the_schedules_exactly(tmp_path, monkeypatch) -> None:
+def test_resume_continues_the_schedules_exactly(tmp_path, kill_after_first_epoch) -> None:
     """Evaluations every 3 of 4 steps an epoch: a run killed after its first evaluation resumes to the same
     history and weights, α and λ̂ included (a schedule restarted at 0 would change both)."""
     (tmp_path / "full").mkdir()
     full, full_model = _fit(tmp_path / "full")
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, at):
-        original(self, model, opts, best, result, at)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    disarm = kill_after_first_epoch(when=None)
     (tmp_path / "killed").mkdir()
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path / "killed")
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    disarm()
     st = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert st["steps"] == 3
     assert float(st["model"]["tower.layers.0.alpha.value"]) == pytest.approx(0.1 * 50 ** (3 / 8))

@@ -396,7 +396,7 @@ def test_each_model_trains_with_its_own_defaults(tmp_path):
     assert sparse.embedding_l2 == 0.0
 
 
-def test_resume_inside_an_epoch_matches_uninterrupted(tmp_path, monkeypatch):
+def test_resume_inside_an_epoch_matches_uninterrupted(tmp_path, kill_after_first_epoch):
     """Evaluations (and checkpoints) every 3 steps of 4-step epochs: a run killed after its first one,
     mid-epoch, resumes to the same weights and history. DeepFM with dropout: the RNG state matters."""
     data = _synthetic(200, 300, seed=2)
@@ -407,17 +407,11 @@ def test_resume_inside_an_epoch_matches_uninterrupted(tmp_path, monkeypatch):
 
     (tmp_path / "full").mkdir()
     full, full_model = _fit("deepfm", cfg, data, run_dir=tmp_path / "full")
-    original = trainer_mod.Trainer._save
-
-    def save_then_die(self, model, opts, best, result, at):
-        original(self, model, opts, best, result, at)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", save_then_die)
+    disarm = kill_after_first_epoch(when=None)
     (tmp_path / "killed").mkdir()
     with pytest.raises(KeyboardInterrupt):
         _fit("deepfm", cfg, data, run_dir=tmp_path / "killed")
-    monkeypatch.setattr(trainer_mod.Trainer, "_save", original)
+    disarm()
     st = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert (st["epoch"], st["step_in_epoch"], st["steps"]) == (0, 3, 3)  # killed mid-epoch
     old = {k: v for k, v in st.items() if k not in ("monitor", "steps")}  # a checkpoint of the former trainer
