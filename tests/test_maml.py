@@ -376,3 +376,54 @@ def test_tables_keep_only_the_changed_rows_and_serve_the_adapted_table(adapt_emb
         assert served.offsets__e__weight.tolist() == [0, 0, 0, 3, 5, 5]
     else:
         assert served.table_names == [] and not hasattr(served, "rows__e__weight")
+
+
+def test_batch_norm_models_get_two_rows_per_set_and_one_row_domains_keep_the_meta_weights(tmp_path):
+    """A DNN with batch norm under MAML on data whose domains have 1-3 rows in a batch: training-mode batch
+    norm of one row is refused by torch, so such tasks sit the step out (support and query >= 2 rows) and
+    a domain with one train row is served with the meta weights. Without batch norm the 2-row tasks stay."""
+    from adactr.train.maml import min_task_rows, split_tasks
+
+    bn, plain = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), nn.Sequential(nn.Linear(2, 2))
+    assert (min_task_rows(bn), min_task_rows(plain)) == (2, 1)
+    g = DomainGroups.of(torch.tensor([3, 3, 3, 4, 4, 4, 4, 5, 5]))
+    assert [(d, len(s), len(q)) for d, s, q in split_tasks(g, 0.8, min_rows=2)] == [(4, 2, 2)]
+    assert [(d, len(s), len(q)) for d, s, q in split_tasks(g, 0.8)] == [(3, 1, 2), (4, 1, 3), (5, 1, 1)]
+
+
+
+class NormedLogistic(Logistic):
+    """Logistic regression on batch-normalised inputs: a model whose training mode needs two rows."""
+
+    def __init__(self) -> None:
+        super().__init__([0.3, -0.2], 0.1)
+        self.norm = nn.BatchNorm1d(2, dtype=torch.float64)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.norm(batch.num) @ self.w + self.b  # (B,)
+
+
+def test_a_maml_step_on_a_batch_norm_model_skips_tasks_with_a_one_row_set(monkeypatch) -> None:
+    """D has a 4-row and a 3-row domain: at query share 0.8 the 3-row one had a 1-row support set, which
+    training-mode batch norm refuses (the ML-1M run with 241 domains failed there). The 4-row domain is the
+    step's only task now, split 2 / 2."""
+    import adactr.train.maml as maml_mod
+
+    model = NormedLogistic().train()
+    step = MAMLStep(model, [], config=MAMLConfig(query_fraction=0.8), loss=training_loss)
+    assert [(d, s.tolist(), q.tolist()) for d, s, q in step.tasks(_batch(X, Y, D))] == [(2, [0, 2], [3, 5])]
+    assert torch.isfinite(step(_batch(X, Y, D)))
+    monkeypatch.setattr(maml_mod, "min_task_rows", lambda model: 1)  # the split before the fix
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        MAMLStep(model, [], config=MAMLConfig(query_fraction=0.8), loss=training_loss)(_batch(X, Y, D))
+
+
+def test_a_batch_norm_models_one_row_domain_is_served_with_the_meta_weights() -> None:
+    """Fine-tuning on a domain's single train row would need batch statistics of one row: with batch norm
+    that domain keeps the meta weights; the others adapt."""
+    model = NormedLogistic()
+    split = SplitArrays({"cat": np.zeros((len(Y), 0), dtype=np.int64), "num": np.array(X), "label": np.array(Y),
+                         "domain": np.array([2, 3, 2, 2, 3, 2, 4], dtype=np.int64)})  # domain 4: one row
+    served = finetune_domains(model, split, config=MAMLConfig(inner_lr=0.5, finetune_rows=0), n_domains=N_DOMAINS,
+                              loss=training_loss, seed=0, device=torch.device("cpu"))
+    assert served.domain_adapted.tolist() == [False, False, True, True, False]

@@ -4,7 +4,8 @@ The multi-domain baseline "MAML" of AdaSparse (Yang et al., CIKM 2022, §4.1.2, 
 arXiv 2012.11842), run on any backbone (``--model dnn``, ``dcnv2``, ...): a training strategy, not a model.
 One optimisation step on a mixed batch of ``B`` rows::
 
-    tasks      T = the domains of the batch with >= 2 rows (at most train.maml.tasks_per_step, drawn at random)
+    tasks      T = the domains of the batch with >= 2 rows, >= 4 with batch norm (at most
+                   train.maml.tasks_per_step, drawn at random)
     for t in T:   S_t, Q_t = the domain's rows split into support / query (query_fraction of them in Q_t)
                   θ'_t = θ;  K times: θ'_t = θ'_t - α ∇L(θ'_t; S_t)          (inner SGD, α = inner_lr)
                   g_t  = ∇_{θ'} L(θ'_t; Q_t)                                 (first order: no ∂θ'_t/∂θ)
@@ -28,8 +29,10 @@ Choices and why (reference: MAMDR's ``model_zoo/maml.py``, ``shared/research/mul
   ``round(query_fraction * n)`` rows (clamped to 1 .. n - 1) are the query set, the others the support set,
   so no random draw is needed and a row is never in both. A row is support in one epoch and query in
   another, where MAMDR fixes the split once. A domain with one row in a batch has no split and sits this
-  step out. ``query_fraction`` 0.8 follows MAMDR's code (``meta_split_ratio`` 0.2 is the share of its
-  inner set), so most rows train θ.
+  step out. A model with batch norm needs two rows in each set (the batch statistics of one row are
+  undefined): its tasks are the domains with four rows or more, each set clamped to 2 .. n - 2, and a
+  domain with a single train row is served with the meta weights. ``query_fraction`` 0.8 follows MAMDR's
+  code (``meta_split_ratio`` 0.2 is the share of its inner set), so most rows train θ.
 * **Tasks weigh equally** (the MAML objective averages over tasks), not by rows: a small domain's query
   loss counts as much as a large one's. MAMDR sums instead of averaging (``average_meta_grad`` "none"),
   which Adam's scale invariance makes nearly the same.
@@ -115,23 +118,33 @@ def rows(batch: Batch, idx: Tensor) -> Batch:
                  group=None if batch.group is None else batch.group[idx])
 
 
-def split_tasks(groups: DomainGroups, query_fraction: float) -> list[tuple[int, Tensor, Tensor]]:
-    """(domain, support rows, query rows) of every domain with at least two rows; rows are indices into the
-    batch, each domain's in batch order, the query set its last ``round(query_fraction * n)`` rows
-    (at least one, at most n - 1).
+def split_tasks(groups: DomainGroups, query_fraction: float, min_rows: int = 1
+                ) -> list[tuple[int, Tensor, Tensor]]:
+    """(domain, support rows, query rows) of every domain with at least ``2 min_rows`` rows; rows are indices
+    into the batch, each domain's in batch order, the query set its last ``round(query_fraction * n)`` rows
+    (at least ``min_rows``, at most ``n - min_rows``). ``min_rows`` is 2 for a model with batch norm, whose
+    training-mode statistics need two rows (:func:`min_task_rows`).
 
     >>> g = DomainGroups.of(torch.tensor([3, 2, 3, 3, 2, 5, 3, 3]))
     >>> [(d, s.tolist(), q.tolist()) for d, s, q in split_tasks(g, 0.4)]
     [(2, [1], [4]), (3, [0, 2, 3], [6, 7])]
+    >>> [(d, s.tolist(), q.tolist()) for d, s, q in split_tasks(g, 0.8, min_rows=2)]
+    [(3, [0, 2], [3, 6, 7])]
     """
     tasks, start = [], 0
     for d, n in zip(groups.present, groups.counts, strict=True):
-        if n >= 2:
-            n_query = min(n - 1, max(1, math.floor(query_fraction * n + 0.5)))
+        if n >= 2 * min_rows and n >= 2:
+            n_query = min(n - min_rows, max(min_rows, math.floor(query_fraction * n + 0.5)))
             seg = groups.order[start:start + n]  # (n,) this domain's rows, batch order
             tasks.append((d, seg[:n - n_query], seg[n - n_query:]))
         start += n
     return tasks
+
+
+def min_task_rows(model: nn.Module) -> int:
+    """The fewest rows a support or query set may have: 2 when ``model`` has batch norm (its training-mode
+    statistics of one row are undefined, and torch refuses them), else 1."""
+    return 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1
 
 
 def table_names(model: nn.Module) -> frozenset[str]:
@@ -154,6 +167,7 @@ class MAMLStep:
         self.adapted = [n for n in self.names if config.adapt_embeddings or n not in table_names(model)]
         # running statistics to move after the outer update (see the module docstring)
         self.has_stats = any(b.is_floating_point() for b in model.buffers())
+        self.min_rows = min_task_rows(model)  # per support / query set
 
     def _loss(self, weights: Weights, batch: Batch) -> Tensor:
         """``training_loss`` of ``batch`` with the model's parameters replaced by ``weights`` and its
@@ -177,7 +191,7 @@ class MAMLStep:
     def tasks(self, batch: Batch) -> list[tuple[int, Tensor, Tensor]]:
         if batch.domain is None:
             raise ConfigError("train.meta=maml needs domains: prepare the data with --domain")
-        tasks = split_tasks(DomainGroups.of(batch.domain), self.cfg.query_fraction)
+        tasks = split_tasks(DomainGroups.of(batch.domain), self.cfg.query_fraction, self.min_rows)
         k = self.cfg.tasks_per_step
         if k and len(tasks) > k:
             pick = torch.randperm(len(tasks))[:k].sort().values.tolist()  # the global generator: checkpointed
@@ -189,7 +203,7 @@ class MAMLStep:
         params = dict(model.named_parameters())
         start = {n: params[n].detach().requires_grad_() for n in self.names}  # θ, shared storage, read only
         tasks = self.tasks(batch)
-        if not tasks:  # no domain with two rows (a tiny last batch): nothing to learn from, no step
+        if not tasks:  # no domain with enough rows (a tiny last batch): nothing to learn from, no step
             with torch.no_grad():
                 return self._loss(start, batch).detach()
         acc: list[Tensor | None] = [None] * len(self.names)
@@ -356,7 +370,7 @@ def finetune_domains(model: nn.Module, train: SplitArrays, *, config: MAMLConfig
         torch.manual_seed(seed)
         for d in range(RESERVED, n_domains):
             n = int(counts[d])
-            if n == 0:
+            if n < inner.min_rows:  # no train rows, or one row and batch norm: the meta weights serve it
                 continue
             mine = order[ends[d] - n:ends[d]]  # (n,) domain d's train rows
             if config.finetune_rows and n > config.finetune_rows:
@@ -380,4 +394,5 @@ def maml_step(model: nn.Module, opts: list[torch.optim.Optimizer], cfg: TrainCon
     return MAMLStep(model, opts, config=cfg.maml, loss=loss, clip_grad_norm=cfg.clip_grad_norm)
 
 
-__all__ = ["MAMLServed", "MAMLStep", "finetune_domains", "maml_step", "rows", "split_tasks", "table_names"]
+__all__ = ["MAMLServed", "MAMLStep", "finetune_domains", "maml_step", "min_task_rows", "rows", "split_tasks",
+           "table_names"]
