@@ -174,7 +174,10 @@ def test_demo_generates_prepares_trains_and_plots(tmp_path, capsys):
     assert "adaptivity" not in m
     apg = json.loads((out / "run-apg" / "metrics.json").read_text())
     assert apg["params"] > m["params"] and set(apg["adaptivity"]) == {"tower.layers.0"}
-    assert json.loads((out / "run-apg" / "config.json").read_text())["config"]["model"]["apg"][
-        "condition_fields"] == ["domain", "user_segment"]
+    apg_config = json.loads((out / "run-apg" / "config.json").read_text())["config"]
+    assert apg_config["model"]["apg"]["condition_fields"] == ["domain", "user_segment"]
+    # each at its own embedding L2 (cli.DEMO_L2)
+    assert apg_config["train"]["embedding_l2"] == 0.1
+    assert json.loads((out / "run" / "config.json").read_text())["config"]["train"]["embedding_l2"] == 0.03
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "curves.png" in capsys.readouterr().out
