@@ -347,6 +347,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("maml-finetune-on-another-domain", "src/adactr/train/maml.py",
              "mine = order[ends[d] - n:ends[d]]", "mine = order[:n]",
              (MAML_T,), "every domain is fine-tuned for serving on the first domain's train rows, not its own"),
+    Mutation("maml-one-row-sets-with-batch-norm", "src/adactr/train/maml.py",
+             "return 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1",
+             "return 1", (MAML_T,), "a batch-norm model's tasks may have a one-row support or query set (torch refuses "
+             "its batch statistics; ml1m-fine's +MAML runs failed there)"),
     # ---- FTRL / GroupLasso-FTRL -----------------------------------------------------------------------
     Mutation("gftrl-threshold-without-sqrt-d", "src/adactr/train/ftrl.py",
              "threshold = l1 * math.sqrt(z.shape[1])", "threshold = l1",
