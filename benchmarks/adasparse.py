@@ -34,8 +34,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -105,21 +104,47 @@ def _all_rows(data: Path, seeds: list[int], args: argparse.Namespace, rows: list
             if args.jobs > 1 and not any(x.startswith("train.threads=") for x in run_sets):
                 run_sets.append("train.threads=1")
             tasks.append((label, model, seed, run_sets))
-    out: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
     cache = str(args.cache) if args.cache else None
     t0 = time.perf_counter()
+    done: dict[int, dict] = {}
+    failed: list[str] = []
+
+    def report(k: int, r: dict | None, error: BaseException | None = None) -> None:
+        label, _, seed, _ = tasks[k]
+        n = len(done) + len(failed) + 1
+        if error is not None:
+            failed.append(f"{label} seed {seed}: {type(error).__name__}: {error}")
+            print(f"[{n}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: FAILED "
+                  f"({type(error).__name__}: {error})", file=sys.stderr, flush=True)
+            return
+        done[k] = r
+        print(f"[{n}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: test AUC "
+              f"{r['test']['auc']:.5f} GAUC {_gauc(r):.5f} epochs {r['epochs']} ({r['samples_per_second']:.0f}/s)",
+              file=sys.stderr, flush=True)
+
+    # each run is reported as it finishes (not in submission order, where one slow row hides the others and
+    # a failure surfaces only when every run before it is done); a failed run does not stop the others
     with ExitStack() as stack:
         if args.jobs <= 1:
-            runs: Iterator[dict] = (_train_one(str(data), m, rs, cache) for _, m, _, rs in tasks)
+            for k, (_, m, _, rs) in enumerate(tasks):
+                try:
+                    r = _train_one(str(data), m, rs, cache)
+                except Exception as e:  # noqa: BLE001 - reported with its row, the other runs go on
+                    report(k, None, e)
+                else:
+                    report(k, r)
         else:
             pool = stack.enter_context(ProcessPoolExecutor(max_workers=args.jobs,
                                                            mp_context=multiprocessing.get_context("spawn")))
-            runs = (f.result() for f in [pool.submit(_train_one, str(data), m, rs, cache) for _, m, _, rs in tasks])
-        for i, (r, (label, _, seed, _)) in enumerate(zip(runs, tasks, strict=True), 1):
-            out[label].append(r)
-            print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: test AUC "
-                  f"{r['test']['auc']:.5f} GAUC {_gauc(r):.5f} epochs {r['epochs']} ({r['samples_per_second']:.0f}/s)",
-                  file=sys.stderr, flush=True)
+            futures = {pool.submit(_train_one, str(data), m, rs, cache): k for k, (_, m, _, rs) in enumerate(tasks)}
+            for f in as_completed(futures):
+                err = f.exception()
+                report(futures[f], None if err else f.result(), err)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(tasks)} runs failed (the others are cached): " + "; ".join(failed))
+    out: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
+    for k, (label, _, _, _) in enumerate(tasks):  # by row, seeds in order
+        out[label].append(done[k])
     return out
 
 

@@ -1,10 +1,12 @@
 """The benchmark grid runner: parallel workers give the runs a serial grid gives; the cache resumes."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import apg_cost  # noqa: E402
@@ -118,6 +120,20 @@ def test_adasparse_tables_and_figures_run_end_to_end(world_data, tmp_path, capsy
     assert adasparse.main(["table6", "--coarse", str(world_data), "--fine", str(world_data), *tiny, *cache]) == 0
     out = capsys.readouterr().out
     assert "| star_fg | domain |" in out and "| dnn+apg_cg | domain |" in out
+
+
+def test_adasparse_a_failed_run_is_reported_with_its_row_and_the_others_finish(world_data, tmp_path, capsys):
+    """One row whose runs fail (an unknown model option): it is named at once and at the end, the other row's
+    run is trained and cached, and the command exits with the failure instead of a table."""
+    import adasparse
+
+    args = argparse.Namespace(seeds="1", set=["train.epochs=1"], jobs=1, cache=tmp_path / "cache")
+    rows = [("bad", "dnn", ["model.no_such_key=1"]), ("dnn", "dnn", [])]
+    with pytest.raises(SystemExit, match=r"1 of 2 runs failed .*bad seed 1: ConfigError"):
+        adasparse._all_rows(world_data, [1], args, rows)
+    err = capsys.readouterr().err
+    assert "bad seed 1: FAILED" in err and "dnn seed 1: test AUC" in err
+    assert len(list((tmp_path / "cache").glob("dnn-*.json"))) == 1
 
 
 def test_adasparse_domain_bins_are_equal_shares_of_train_rows(world_data):
