@@ -133,7 +133,7 @@ def split_tasks(groups: DomainGroups, query_fraction: float, min_rows: int = 1
     """
     tasks, start = [], 0
     for d, n in zip(groups.present, groups.counts, strict=True):
-        if n >= 2 * min_rows and n >= 2:
+        if n >= 2 * min_rows:
             n_query = min(n - min_rows, max(min_rows, math.floor(query_fraction * n + 0.5)))
             seg = groups.order[start:start + n]  # (n,) this domain's rows, batch order
             tasks.append((d, seg[:n - n_query], seg[n - n_query:]))
