@@ -18,8 +18,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -53,6 +53,62 @@ def _train_one(data: str, model: str, sets: list[str], cache: str | None) -> dic
     return r
 
 
+def one_thread_each(sets: list[str], jobs: int) -> list[str]:
+    """``sets`` with ``train.threads=1`` appended when ``jobs`` > 1 trainings share the machine (unless the
+    threads are given). Appended last, after the seed: that layout is the cache key every script shares."""
+    if jobs > 1 and not any(x.startswith("train.threads=") for x in sets):
+        return [*sets, "train.threads=1"]
+    return list(sets)
+
+
+def run_tasks(data: Path, tasks: list[tuple[str, str, list[str]]], *, jobs: int = 1, cache: Path | None = None,
+              describe: Callable[[dict], str] | None = None) -> list[dict]:
+    """Train each task (name, model, overrides); the runs' metrics (no history) in task order.
+
+    ``jobs`` > 1 runs that many trainings at once, each in its own process. Each run is reported on stderr
+    as it finishes (``[n/N seconds] name: describe(run)``), not in submission order, where one slow run
+    would hide the others. A failed run is reported at once with its name and the others go on (and are
+    cached); when all are done, ``SystemExit`` names every failure. ``cache``: see ``run_grid``.
+    """
+    describe = describe or (lambda r: f"test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} "
+                                      f"epochs {r['epochs']} ({r['samples_per_second']:.0f}/s)")
+    cache_s = str(cache) if cache else None
+    t0 = time.perf_counter()
+    done: dict[int, dict] = {}
+    failed: list[str] = []
+
+    def report(k: int, r: dict | None, error: BaseException | None) -> None:
+        name = tasks[k][0]
+        head = f"[{len(done) + len(failed) + 1}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {name}:"
+        if error is not None:
+            failed.append(f"{name}: {type(error).__name__}: {error}")
+            print(f"{head} FAILED ({type(error).__name__}: {error})", file=sys.stderr, flush=True)
+        else:
+            done[k] = r
+            print(f"{head} {describe(r)}", file=sys.stderr, flush=True)
+
+    with ExitStack() as stack:
+        if jobs <= 1:
+            for k, (_, model, sets) in enumerate(tasks):
+                try:
+                    r = _train_one(str(data), model, sets, cache_s)
+                except Exception as e:  # noqa: BLE001 - reported with its task, the other runs go on
+                    report(k, None, e)
+                else:
+                    report(k, r, None)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs,
+                                                           mp_context=multiprocessing.get_context("spawn")))
+            futures = {pool.submit(_train_one, str(data), model, sets, cache_s): k
+                       for k, (_, model, sets) in enumerate(tasks)}
+            for f in as_completed(futures):
+                err = f.exception()
+                report(futures[f], None if err else f.result(), err)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(tasks)} runs failed (the others are cached): " + "; ".join(failed))
+    return [done[k] for k in range(len(tasks))]
+
+
 def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
              per_model: dict[str, list[str]] | None = None, *, jobs: int = 1, cache: Path | None = None,
              variants: dict[str, list[str]] | None = None) -> dict[str, dict[str, list[dict]]]:
@@ -62,37 +118,21 @@ def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
     that many trainings at once, each in its own process with ``train.threads`` set to 1 unless given.
     ``cache``: a directory of finished runs keyed by (data, model, overrides); a run found there is not
     repeated, so an interrupted grid picks up where it stopped. The key does not cover the code: empty
-    the cache after changing a model or the trainer.
+    the cache after changing a model or the trainer. Runs are reported and failures handled as in
+    ``run_tasks``.
     """
     variants = variants or {"": []}
-    tasks = []
+    keys, tasks = [], []
     # model-major order: if the grid is stopped, the finished part is whole rows (every variant and seed)
     for model in models:
         for vname, vsets in variants.items():
             for seed in seeds:
                 run_sets = [*sets, *vsets, *(per_model or {}).get(model, []), f"train.seed={seed}"]
-                if jobs > 1 and not any(x.startswith("train.threads=") for x in run_sets):
-                    run_sets.append("train.threads=1")
-                tasks.append((vname, model, seed, run_sets))
+                keys.append((vname, model))
+                tasks.append((f"{vname or model} {model} seed {seed}", model, one_thread_each(run_sets, jobs)))
     results: dict[str, dict[str, list[dict]]] = {v: {m: [] for m in models} for v in variants}
-    t0 = time.perf_counter()
-
-    def done(i: int, vname: str, model: str, seed: int, r: dict) -> None:
-        print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {vname or model} {model} seed {seed}: "
-              f"test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} epochs {r['epochs']} "
-              f"({r['samples_per_second']:.0f}/s)", file=sys.stderr, flush=True)
-
-    cache_s = str(cache) if cache else None
-    with ExitStack() as stack:
-        if jobs <= 1:
-            runs: Iterator[dict] = (_train_one(str(data), m, rs, cache_s) for _, m, _, rs in tasks)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=jobs,
-                                                           mp_context=multiprocessing.get_context("spawn")))
-            runs = (f.result() for f in [pool.submit(_train_one, str(data), m, rs, cache_s) for _, m, _, rs in tasks])
-        for i, (r, (vname, model, seed, _)) in enumerate(zip(runs, tasks, strict=True), 1):
-            results[vname][model].append(r)
-            done(i, vname, model, seed, r)
+    for (vname, model), r in zip(keys, run_tasks(data, tasks, jobs=jobs, cache=cache), strict=True):
+        results[vname][model].append(r)
     return results
 
 

@@ -30,19 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import _train_one, mean_std  # noqa: E402
+from accuracy import mean_std, one_thread_each, run_tasks  # noqa: E402
 
 COMMON = ["model.hidden=[128,64,32]", "model.dropout=0.2", "model.batch_norm=true", "train.embedding_l2=0.01"]
 BACKBONES = ["dnn", "dcnv2"]
@@ -97,54 +93,18 @@ def _all_rows(data: Path, seeds: list[int], args: argparse.Namespace, rows: list
     """Train every row (label, model, overrides) for every seed, all (row, seed) pairs in one pool of
     ``--jobs`` workers; results by label. The overrides are laid out as ``run_grid`` lays them out (the
     cache key), so a row shared by two tables, or with another script, is one cache entry."""
-    tasks = []
+    tasks, labels = [], []
     for label, model, sets in rows:
         for seed in seeds:
-            run_sets = [*COMMON, *args.set, *sets, f"train.seed={seed}"]
-            if args.jobs > 1 and not any(x.startswith("train.threads=") for x in run_sets):
-                run_sets.append("train.threads=1")
-            tasks.append((label, model, seed, run_sets))
-    cache = str(args.cache) if args.cache else None
-    t0 = time.perf_counter()
-    done: dict[int, dict] = {}
-    failed: list[str] = []
-
-    def report(k: int, r: dict | None, error: BaseException | None = None) -> None:
-        label, _, seed, _ = tasks[k]
-        n = len(done) + len(failed) + 1
-        if error is not None:
-            failed.append(f"{label} seed {seed}: {type(error).__name__}: {error}")
-            print(f"[{n}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: FAILED "
-                  f"({type(error).__name__}: {error})", file=sys.stderr, flush=True)
-            return
-        done[k] = r
-        print(f"[{n}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {label} seed {seed}: test AUC "
-              f"{r['test']['auc']:.5f} GAUC {_gauc(r):.5f} epochs {r['epochs']} ({r['samples_per_second']:.0f}/s)",
-              file=sys.stderr, flush=True)
-
-    # each run is reported as it finishes (not in submission order, where one slow row hides the others and
-    # a failure surfaces only when every run before it is done); a failed run does not stop the others
-    with ExitStack() as stack:
-        if args.jobs <= 1:
-            for k, (_, m, _, rs) in enumerate(tasks):
-                try:
-                    r = _train_one(str(data), m, rs, cache)
-                except Exception as e:  # noqa: BLE001 - reported with its row, the other runs go on
-                    report(k, None, e)
-                else:
-                    report(k, r)
-        else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=args.jobs,
-                                                           mp_context=multiprocessing.get_context("spawn")))
-            futures = {pool.submit(_train_one, str(data), m, rs, cache): k for k, (_, m, _, rs) in enumerate(tasks)}
-            for f in as_completed(futures):
-                err = f.exception()
-                report(futures[f], None if err else f.result(), err)
-    if failed:
-        raise SystemExit(f"{len(failed)} of {len(tasks)} runs failed (the others are cached): " + "; ".join(failed))
+            labels.append(label)
+            tasks.append((f"{label} seed {seed}", model,
+                          one_thread_each([*COMMON, *args.set, *sets, f"train.seed={seed}"], args.jobs)))
+    runs = run_tasks(data, tasks, jobs=args.jobs, cache=args.cache,
+                     describe=lambda r: f"test AUC {r['test']['auc']:.5f} GAUC {_gauc(r):.5f} epochs {r['epochs']} "
+                                        f"({r['samples_per_second']:.0f}/s)")
     out: dict[str, list[dict]] = {label: [] for label, _, _ in rows}
-    for k, (label, _, _, _) in enumerate(tasks):  # by row, seeds in order
-        out[label].append(done[k])
+    for label, r in zip(labels, runs, strict=True):  # by row, seeds in order
+        out[label].append(r)
     return out
 
 
