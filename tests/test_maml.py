@@ -116,6 +116,54 @@ def test_inner_steps_zero_is_an_ordinary_step_on_the_query_rows() -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
 
 
+def test_rows_weighting_with_inner_steps_zero_is_an_ordinary_step_on_unequal_query_sets() -> None:
+    """task_weight=rows: the meta gradient is the mean over all query rows, so with query sets of 2 and 3 rows
+    (where equal task weights would differ) and no inner step it is an ordinary step on those rows."""
+    d = [2, 3, 2, 2, 3, 2, 3, 3, 3]
+    x, y = [*X, [1.0, 1.0], [0.5, 2.0]], [*Y, 0.0, 1.0]
+    meta, plain = Logistic([0.3, -0.2], 0.1), Logistic([0.3, -0.2], 0.1)
+    opt_meta, opt_plain = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (meta, plain))
+    step = MAMLStep(meta, [opt_meta], config=MAMLConfig(inner_steps=0, query_fraction=0.5, task_weight="rows"),
+                    loss=training_loss)
+    trainer = Trainer(config=TrainConfig(), device=torch.device("cpu"))
+    # domain 2 (rows 0, 2, 3, 5): query 3, 5; domain 3 (rows 1, 4, 6, 7, 8): round(2.5) = 2 ... query 7, 8
+    tasks = step.tasks(_batch(x, y, d))
+    query = sorted(i for _, _, q, _ in tasks for i in q.tolist())
+    assert [len(q) for _, _, q, _ in tasks] == [2, 3] and [w for *_, w in tasks] == [0.4, 0.6]
+    for _ in range(3):
+        step(_batch(x, y, d))
+        trainer._step(plain, plain, [opt_plain], _batch([x[i] for i in query], [y[i] for i in query],
+                                                        [d[i] for i in query]))
+    for p, q in zip(meta.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+def test_rows_weighting_samples_tasks_in_proportion_to_their_query_rows() -> None:
+    """tasks_per_step=k with task_weight=rows: k draws with replacement, P ∝ query rows, weight = share of
+    the draws, so with k = 2 of 4 tasks the weights are 1/2 or 1 and, on average, each task's weight is its
+    share of the query rows (an unbiased estimate of the row-weighted gradient); with k >= the number of
+    tasks every task is used at its share."""
+    d = [2] * 40 + [3] * 4 + [4] * 4 + [5] * 4  # query sets 32, 3, 3, 3 at share 0.8
+    x, y = [[1.0, float(i)] for i in range(len(d))], [float(i % 2) for i in range(len(d))]
+    step = MAMLStep(Logistic([0.0, 0.0], 0.0), [], config=MAMLConfig(tasks_per_step=2, task_weight="rows"),
+                    loss=training_loss)
+    torch.manual_seed(0)
+    counts: dict[int, float] = {}
+    for _ in range(200):
+        tasks = step.tasks(_batch(x, y, d))
+        weights = [w for *_, w in tasks]
+        assert sum(weights) == pytest.approx(1.0), weights
+        assert len(weights) <= 2 and all(w in (0.5, 1.0) for w in weights), weights
+        for dom, _, _, w in tasks:
+            counts[dom] = counts.get(dom, 0.0) + w / 200
+    # expected weights: 32/41 for domain 2, 3/41 for each other
+    assert counts[2] == pytest.approx(32 / 41, abs=0.05)
+    assert all(counts[k] == pytest.approx(3 / 41, abs=0.03) for k in (3, 4, 5))
+    every = MAMLStep(Logistic([0.0, 0.0], 0.0), [], config=MAMLConfig(tasks_per_step=4, task_weight="rows"),
+                     loss=training_loss).tasks(_batch(x, y, d))
+    assert [w for *_, w in every] == pytest.approx([32 / 41, 3 / 41, 3 / 41, 3 / 41], abs=1e-12)
+
+
 def test_only_the_outer_optimiser_moves_the_meta_weights() -> None:
     model = Logistic([0.3, -0.2], 0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -175,6 +223,7 @@ def test_tasks_per_step_draws_that_many_domains() -> None:
     ("train.maml.inner_steps", "-1", "inner_steps must be >= 0"),
     ("train.maml.inner_lr", "-0.1", "inner_lr must be >= 0"),
     ("train.maml.tasks_per_step", "-2", "tasks_per_step must be >= 0"),
+    ("train.maml.task_weight", "domains", "task_weight must be 'tasks' or 'rows'"),
     ("train.maml.finetune_steps", "-1", "finetune_steps must be >= 0"),
     ("train.maml.finetune_rows", "-5", "finetune_rows must be >= 0"),
     ("train.maml.finetune_steps", "two", "finetune_steps"),
@@ -411,7 +460,7 @@ def test_a_maml_step_on_a_batch_norm_model_skips_tasks_with_a_one_row_set(monkey
 
     model = NormedLogistic().train()
     step = MAMLStep(model, [], config=MAMLConfig(query_fraction=0.8), loss=training_loss)
-    assert [(d, s.tolist(), q.tolist()) for d, s, q in step.tasks(_batch(X, Y, D))] == [(2, [0, 2], [3, 5])]
+    assert [(d, s.tolist(), q.tolist(), w) for d, s, q, w in step.tasks(_batch(X, Y, D))] == [(2, [0, 2], [3, 5], 1.0)]
     assert torch.isfinite(step(_batch(X, Y, D)))
     monkeypatch.setattr(maml_mod, "min_task_rows", lambda model: 1)  # the split before the fix
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):

@@ -5,17 +5,17 @@ arXiv 2012.11842), run on any backbone (``--model dnn``, ``dcnv2``, ...): a trai
 One optimisation step on a mixed batch of ``B`` rows::
 
     tasks      T = the domains of the batch with >= 2 rows, >= 4 with batch norm (at most
-                   train.maml.tasks_per_step, drawn at random)
+                   train.maml.tasks_per_step, drawn at random), task t weighted w_t (Σ w_t = 1)
     for t in T:   S_t, Q_t = the domain's rows split into support / query (query_fraction of them in Q_t)
                   θ'_t = θ;  K times: θ'_t = θ'_t - α ∇L(θ'_t; S_t)          (inner SGD, α = inner_lr)
                   g_t  = ∇_{θ'} L(θ'_t; Q_t)                                 (first order: no ∂θ'_t/∂θ)
-    θ.grad = (1/|T|) Σ_t g_t;  then the run's optimisers step (Adam for dense weights, the embedding
+    θ.grad = Σ_t w_t g_t;  then the run's optimisers step (Adam for dense weights, the embedding
     optimiser for the tables, train.lr, L2 and clipping as in an ordinary step)
 
 ``L`` is :func:`adactr.train.trainer.training_loss`, so a model's penalties (PIN's orthogonal term,
 AdaSparse's sparsity term) enter every inner and query loss. The reported training loss of a step is the
-mean over tasks of the query loss at the adapted weights (the meta objective). The meta weights θ are read,
-never written, by the inner loop: each task runs ``torch.func.functional_call`` on a dict of tensors
+weighted mean over tasks (w_t) of the query loss at the adapted weights (the meta objective). The meta
+weights θ are read, never written, by the inner loop: each task runs ``torch.func.functional_call`` on a dict of tensors
 (θ detached, then new tensors θ - αg), and only the optimisers move θ.
 
 Choices and why (reference: MAMDR's ``model_zoo/maml.py``, ``shared/research/multidomain.md``)
@@ -33,14 +33,21 @@ Choices and why (reference: MAMDR's ``model_zoo/maml.py``, ``shared/research/mul
   undefined): its tasks are the domains with four rows or more, each set clamped to 2 .. n - 2, and a
   domain with a single train row is served with the meta weights. ``query_fraction`` 0.8 follows MAMDR's
   code (``meta_split_ratio`` 0.2 is the share of its inner set), so most rows train θ.
-* **Tasks weigh equally** (the MAML objective averages over tasks), not by rows: a small domain's query
-  loss counts as much as a large one's. MAMDR sums instead of averaging (``average_meta_grad`` "none"),
-  which Adam's scale invariance makes nearly the same.
+* **Task weights** (``task_weight``). ``"tasks"`` (default): equal, w_t = 1/|T|, the MAML objective, so a
+  small domain's query loss counts as much as a large one's (MAMDR sums instead of averaging,
+  ``average_meta_grad`` "none", which Adam's scale invariance makes nearly the same). ``"rows"``: w_t
+  ∝ |Q_t|, so the meta gradient is that of the mean query loss over all the step's query rows, each at
+  its domain's adapted weights; with ``inner_steps`` 0 it is exactly an ordinary step on the query rows.
+  With hundreds of long-tailed domains equal weights make the tail's 2-row query sets dominate the
+  gradient; docs/multidomain.md has the measured difference.
 * **Inner optimiser: plain SGD at ``inner_lr``** (the MAML algorithm), without L2; MAMDR's inner loop uses
   the model's own Adam. ``adapt_embeddings=false`` adapts every weight but the embedding tables (MAMDR's
   ``all_hidden``); the tables still get their outer gradient from the query loss.
 * **Sampling tasks.** ``tasks_per_step`` 0 (every domain) is the default: a few domains (ML-1M's 3 age
-  groups) cost little, and a sample drops the other domains' rows from the step. With hundreds of
+  groups) cost little, and a sample drops the other domains' rows from the step. With ``"tasks"`` the
+  sample is uniform over the batch's tasks; with ``"rows"`` k draws with replacement, P(t) ∝ |Q_t|, and
+  w_t = (draws of t) / k, an unbiased estimate of the row-weighted gradient that keeps the large domains
+  in nearly every step. With hundreds of
   domains per batch each task is a separate small forward/backward; docs/multidomain.md has the
   measured cost. The draw uses torch's global generator, which checkpoints save and restore.
 * **Running statistics (BatchNorm, STAR's partitioned norm, ADL's centres) are not moved by the task
@@ -188,15 +195,29 @@ class MAMLStep:
                     fast[n] = torch.sub(fast[n].detach(), g, alpha=self.cfg.inner_lr).requires_grad_()
         return fast
 
-    def tasks(self, batch: Batch) -> list[tuple[int, Tensor, Tensor]]:
+    def tasks(self, batch: Batch) -> list[tuple[int, Tensor, Tensor, float]]:
+        """(domain, support rows, query rows, weight) of the step's tasks; the weights sum to 1
+        (``task_weight``, ``tasks_per_step``: see MAMLConfig)."""
         if batch.domain is None:
             raise ConfigError("train.meta=maml needs domains: prepare the data with --domain")
         tasks = split_tasks(DomainGroups.of(batch.domain), self.cfg.query_fraction, self.min_rows)
+        if not tasks:
+            return []
         k = self.cfg.tasks_per_step
+        if self.cfg.task_weight == "rows":
+            n_query = torch.tensor([float(len(q)) for _, _, q in tasks], dtype=torch.float64)
+            if k and len(tasks) > k:
+                # k draws with replacement, P(task) ∝ its query rows; weight = share of the draws: unbiased
+                # for the row-weighted gradient. The global generator: checkpointed
+                draws = torch.multinomial(n_query, k, replacement=True)
+                weight = torch.bincount(draws, minlength=len(tasks)).double() / k
+            else:
+                weight = n_query / n_query.sum()
+            return [(*t, float(w)) for t, w in zip(tasks, weight.tolist(), strict=True) if w > 0]
         if k and len(tasks) > k:
             pick = torch.randperm(len(tasks))[:k].sort().values.tolist()  # the global generator: checkpointed
             tasks = [tasks[i] for i in pick]
-        return tasks
+        return [(*t, 1.0 / len(tasks)) for t in tasks]
 
     def __call__(self, batch: Batch) -> Tensor:
         model = self.model
@@ -208,17 +229,17 @@ class MAMLStep:
                 return self._loss(start, batch).detach()
         acc: list[Tensor | None] = [None] * len(self.names)
         total = torch.zeros((), device=batch.label.device)
-        for _domain, support, query in tasks:
+        for _domain, support, query, weight in tasks:
             fast = self.adapt(start, rows(batch, support))
             at = fast  # first-order MAML: the query loss at the adapted weights θ'
             loss = self._loss(at, rows(batch, query))
             grads = torch.autograd.grad(loss, [at[n] for n in self.names], allow_unused=True)
             for i, g in enumerate(grads):
                 if g is not None:
-                    part = g / len(tasks)
+                    part = g * weight
                     prev = acc[i]
                     acc[i] = part if prev is None else prev + part  # sparse + sparse for sparse tables
-            total = total + loss.detach()
+            total = total + weight * loss.detach()
         for o in self.opts:
             o.zero_grad(set_to_none=True)
         for n, mean_grad in zip(self.names, acc, strict=True):
@@ -230,7 +251,7 @@ class MAMLStep:
         if self.has_stats:
             with torch.no_grad():
                 model(batch)  # the running statistics, at the new meta weights, on the whole batch
-        return total / len(tasks)
+        return total
 
 
 def _key(kind: str, name: str) -> str:
