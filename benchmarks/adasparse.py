@@ -77,7 +77,8 @@ def variant_sets(variant: str, data: Path) -> list[str]:
         # never has more than 3, so there it is every domain. Tasks weighted by their query rows (and drawn in
         # proportion to them): with equal weights and 32 uniform draws DNN+MAML on ml1m-fine ended at AUC
         # 0.776 against the backbone's 0.816, still improving at the 30-epoch cap (docs/multidomain.md)
-        return ["train.meta=maml", "train.maml.tasks_per_step=32", "train.maml.task_weight=rows"]
+        return ["train.meta=maml", "train.maml.tasks_per_step=32", "train.maml.task_weight=rows",
+                "train.maml.norm_stats=running"]
     if variant == "star":
         return ["model.tower_layer=star"]
     if variant == "apg":

@@ -476,3 +476,29 @@ def test_a_batch_norm_models_one_row_domain_is_served_with_the_meta_weights() ->
     served = finetune_domains(model, split, config=MAMLConfig(inner_lr=0.5, finetune_rows=0), n_domains=N_DOMAINS,
                               loss=training_loss, seed=0, device=torch.device("cpu"))
     assert served.domain_adapted.tolist() == [False, False, True, True, False]
+
+
+def test_norm_stats_running_normalises_every_task_with_the_running_statistics() -> None:
+    """norm_stats=running: each task's forward is the model in evaluation mode for batch norm (its running
+    statistics), so one-row sets are allowed again, the step's loss with no inner step is the task-weighted
+    mean of the eval-mode query losses, the module is left in training mode, and the running statistics
+    still move only with the whole-batch forward after the step (tests above)."""
+    model = NormedLogistic().train()
+    with torch.no_grad():
+        model.norm.running_mean.copy_(torch.tensor([0.5, -0.25], dtype=torch.float64))
+        model.norm.running_var.copy_(torch.tensor([2.0, 0.5], dtype=torch.float64))
+    cfg = MAMLConfig(query_fraction=0.8, inner_steps=0, norm_stats="running", task_weight="rows")
+    step = MAMLStep(model, [], config=cfg, loss=training_loss)
+    tasks = step.tasks(_batch(X, Y, D))
+    assert [(d, s.tolist(), q.tolist()) for d, s, q, _ in tasks] == [(2, [0], [2, 3, 5]), (3, [1], [4, 6])]
+    mean, var = model.norm.running_mean.clone(), model.norm.running_var.clone()
+    x = torch.tensor(X, dtype=torch.float64)
+    logits = (x - mean) / torch.sqrt(var + model.norm.eps) @ model.w.detach() + model.b.detach()  # (7,) eval mode
+    query = [2, 3, 5, 4, 6]
+    y = torch.tensor(Y, dtype=torch.float64)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[query], y[query])
+    loss = step(_batch(X, Y, D))  # rows-weighted: 3/5 and 2/5 of the two query means = the mean of all 5
+    assert float(loss) == pytest.approx(float(expected), abs=1e-12)
+    assert model.training and model.norm.training
+    with pytest.raises(ConfigError, match="norm_stats must be 'task' or 'running'"):
+        MAMLConfig(norm_stats="batch")

@@ -105,6 +105,13 @@ class MAMLConfig:
     # (docs/multidomain.md): "tasks" with 32 tasks a step trains slowly and ends far below the backbone
     # "tasks" is the default: the meta-learning literature's objective, and what runs before this option measured
     task_weight: str = "tasks"
+    # which statistics batch norm normalises a task's rows with, in the inner and the query forwards and in
+    # per-domain fine-tuning. "task": the task's own rows in training mode (MAML's transductive batch norm;
+    # support and query sets then need two rows each). "running": the model's running statistics, which
+    # evaluation uses too (they are still moved by one forward of the whole batch after each step). A task
+    # is one domain's rows, so "task" statistics remove each domain's mean from every normalised layer in
+    # training while evaluation normalises with the mixture's: docs/multidomain.md has the measured effect
+    norm_stats: str = "task"
     # the inner loop adapts the embedding tables too (MAMDR meta_parms "all"); false adapts every other
     # weight and keeps the tables at the meta weights inside a task (MAMDR "all_hidden"): a dense copy of
     # each table per task and inner step is what it saves, the cost that grows with the vocabulary
@@ -144,6 +151,8 @@ class MAMLConfig:
                               f"support and query rows), got {self.query_fraction}")
         if self.task_weight not in ("tasks", "rows"):
             raise ConfigError(f"train.maml.task_weight must be 'tasks' or 'rows', got {self.task_weight!r}")
+        if self.norm_stats not in ("task", "running"):
+            raise ConfigError(f"train.maml.norm_stats must be 'task' or 'running', got {self.norm_stats!r}")
         if not self.tasks_per_step >= 0:
             raise ConfigError(f"train.maml.tasks_per_step must be >= 0 (0 = every domain of a batch), got "
                               f"{self.tasks_per_step}")

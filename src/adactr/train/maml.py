@@ -174,14 +174,25 @@ class MAMLStep:
         self.adapted = [n for n in self.names if config.adapt_embeddings or n not in table_names(model)]
         # running statistics to move after the outer update (see the module docstring)
         self.has_stats = any(b.is_floating_point() for b in model.buffers())
-        self.min_rows = min_task_rows(model)  # per support / query set
+        # batch norm layers that normalise a task with the running statistics (norm_stats=running)
+        self.frozen_norms = ([m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                             if config.norm_stats == "running" else [])
+        self.min_rows = 1 if self.frozen_norms else min_task_rows(model)  # per support / query set
 
     def _loss(self, weights: Weights, batch: Batch) -> Tensor:
         """``training_loss`` of ``batch`` with the model's parameters replaced by ``weights`` and its
-        buffers by a private copy (the real running statistics stay as they are)."""
+        buffers by a private copy (the real running statistics stay as they are); with norm_stats=running the
+        batch norm layers run in evaluation mode, on the running statistics, for this forward."""
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         forward = partial(functional_call, self.model, {**weights, **buffers})
-        return self._training_loss(lambda b: forward((b,)), batch)
+        modes = [m.training for m in self.frozen_norms]
+        for m in self.frozen_norms:
+            m.eval()
+        try:
+            return self._training_loss(lambda b: forward((b,)), batch)
+        finally:
+            for m, mode in zip(self.frozen_norms, modes, strict=True):
+                m.train(mode)
 
     def adapt(self, start: Weights, support: Batch, steps: int | None = None) -> Weights:
         """θ' after ``steps`` (default ``inner_steps``) SGD steps on ``support`` from ``start`` (new tensors;
