@@ -237,3 +237,22 @@ def test_cli_trains_dnn_and_dcnv2_with_adasparse_and_reports_sparsity(tmp_path, 
         report = json.loads((out / "metrics.json").read_text())["adaptivity"]
         assert set(report) == {"tower.layers.0", "tower.layers.1"}
         assert {"sparsity", "domain_overlap", "by_domain"} <= set(report["tower.layers.1"]["factor"])
+
+
+def test_a_schedule_longer_than_the_run_is_named_in_a_warning(tmp_path, world_data) -> None:
+    """One epoch of a few steps with the default 2000-step horizon: the kept weights hold α and λ̂ short of
+    their end, and training says so (on the built-in click world with 300 domains the default left α at ~0.4
+    and nothing pruned); a horizon within the run warns nothing."""
+    import warnings
+
+    from adactr.cli import main
+
+    args = ["train", "--data", str(world_data), "--model", "dnn", "--quiet", "--set", "model.tower_layer=adasparse",
+            "--set", "model.hidden=[16,8]", "--set", "train.epochs=1", "--set", "train.batch_size=500"]
+    with pytest.warns(UserWarning, match=r"schedule\(s\) had not reached their end .* tower\.layers\.0\.alpha at "
+                                         r"[0-9.]+ of 5.*model\.adasparse\.schedule_steps"):
+        assert main([*args, "--out", str(tmp_path / "long")]) == 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main([*args, "--out", str(tmp_path / "short"), "--set", "model.adasparse.schedule_steps=1"]) == 0
+    assert not [w for w in seen if "schedule(s)" in str(w.message)]

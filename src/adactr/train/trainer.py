@@ -284,6 +284,21 @@ class FitResult:
         return self.train_samples / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+
+def _warn_unfinished(model: nn.Module, schedules: list, steps: int) -> None:
+    """Warn when a schedule (AdaSparse's α, λ̂) had not reached its end value in the kept weights: the model
+    then evaluates and serves with a value training was still moving (e.g. AdaSparse's α at 0.4 of 5 leaves
+    every fusion factor above ε, so nothing is pruned), a horizon longer than the run."""
+    names = {id(m): n for n, m in model.named_modules()}
+    late = [(names.get(id(s), "?"), float(s.value), s.at(2**62)) for s in schedules
+            if not math.isclose(float(s.value), s.at(2**62), rel_tol=1e-5)]
+    if late:
+        name, value, end = late[0]
+        warnings.warn(f"{len(late)} schedule(s) had not reached their end in the kept weights (after {steps} steps "
+                      f"in all), e.g. {name} at {value:.3g} of {end:g}: the model serves with those values; for "
+                      f"AdaSparse set model.adasparse.schedule_steps to fit in the steps before the best epoch",
+                      stacklevel=3)
+
 @dataclass
 class _Progress:
     """Where training stands between evaluations (what a checkpoint must hold to resume exactly)."""
@@ -526,6 +541,7 @@ class Trainer:
                                  "captures": run_step.backend.captures, "failed": run_step.failed}
         if best_state is not None:
             model.load_state_dict(best_state)
+        _warn_unfinished(model, schedules, result.steps)
         return result
 
     # ---- helpers ---------------------------------------------------------------------------------
