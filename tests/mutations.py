@@ -351,6 +351,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "return 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1",
              "return 1", (MAML_T,), "a batch-norm model's tasks may have a one-row support or query set (torch refuses "
              "its batch statistics; ml1m-fine's +MAML runs failed there)"),
+    Mutation("maml-rows-weights-equal", "src/adactr/train/maml.py",
+             "weight = n_query / n_query.sum()", "weight = torch.ones_like(n_query) / len(n_query)",
+             (MAML_T,), "task_weight=rows weighs every task equally (a 2-row query set as much as an 800-row one)"),
+    Mutation("maml-running-norm-ignored", "src/adactr/train/maml.py",
+             "            m.eval()\n", "            pass\n",
+             (MAML_T,), "norm_stats=running still normalises a task with its own rows' statistics"),
     # ---- FTRL / GroupLasso-FTRL -----------------------------------------------------------------------
     Mutation("gftrl-threshold-without-sqrt-d", "src/adactr/train/ftrl.py",
              "threshold = l1 * math.sqrt(z.shape[1])", "threshold = l1",
