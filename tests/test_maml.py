@@ -99,21 +99,28 @@ def test_one_step_equals_first_order_maml_by_hand(inner_steps: int) -> None:
     assert float(loss) == pytest.approx(query_loss, abs=1e-12)  # the reported loss: the mean query loss
 
 
-def test_inner_steps_zero_is_an_ordinary_step_on_the_query_rows() -> None:
-    """With equal query sets (2 rows each) the task mean is the row mean, and Adam sees the same gradient."""
-    d = [2, 3, 2, 2, 3, 2, 3, 3]
-    x, y = [*X, [1.0, 1.0]], [*Y, 0.0]
+def _assert_meta_steps_equal_plain_steps(config: MAMLConfig, x: list[list[float]], y: list[float], d: list[int],
+                                          query: list[int]) -> None:
+    """Three MAML steps with ``config`` on the batch (x, y, d) move the weights exactly as three ordinary
+    Adam steps on the rows ``query`` alone."""
     meta, plain = Logistic([0.3, -0.2], 0.1), Logistic([0.3, -0.2], 0.1)
     opt_meta, opt_plain = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (meta, plain))
-    step = MAMLStep(meta, [opt_meta], config=MAMLConfig(inner_steps=0, query_fraction=0.5), loss=training_loss)
+    step = MAMLStep(meta, [opt_meta], config=config, loss=training_loss)
     trainer = Trainer(config=TrainConfig(), device=torch.device("cpu"))
-    query = [3, 5, 6, 7]  # the last two rows of domain 2 (0, 2, 3, 5) and of domain 3 (1, 4, 6, 7)
     for _ in range(3):
         step(_batch(x, y, d))
         trainer._step(plain, plain, [opt_plain], _batch([x[i] for i in query], [y[i] for i in query],
                                                         [d[i] for i in query]))
     for p, q in zip(meta.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+def test_inner_steps_zero_is_an_ordinary_step_on_the_query_rows() -> None:
+    """With equal query sets (2 rows each) the task mean is the row mean, and Adam sees the same gradient."""
+    d = [2, 3, 2, 2, 3, 2, 3, 3]
+    x, y = [*X, [1.0, 1.0]], [*Y, 0.0]
+    query = [3, 5, 6, 7]  # the last two rows of domain 2 (0, 2, 3, 5) and of domain 3 (1, 4, 6, 7)
+    _assert_meta_steps_equal_plain_steps(MAMLConfig(inner_steps=0, query_fraction=0.5), x, y, d, query)
 
 
 def test_rows_weighting_with_inner_steps_zero_is_an_ordinary_step_on_unequal_query_sets() -> None:
@@ -121,21 +128,13 @@ def test_rows_weighting_with_inner_steps_zero_is_an_ordinary_step_on_unequal_que
     (where equal task weights would differ) and no inner step it is an ordinary step on those rows."""
     d = [2, 3, 2, 2, 3, 2, 3, 3, 3]
     x, y = [*X, [1.0, 1.0], [0.5, 2.0]], [*Y, 0.0, 1.0]
-    meta, plain = Logistic([0.3, -0.2], 0.1), Logistic([0.3, -0.2], 0.1)
-    opt_meta, opt_plain = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (meta, plain))
-    step = MAMLStep(meta, [opt_meta], config=MAMLConfig(inner_steps=0, query_fraction=0.5, task_weight="rows"),
-                    loss=training_loss)
-    trainer = Trainer(config=TrainConfig(), device=torch.device("cpu"))
-    # domain 2 (rows 0, 2, 3, 5): query 3, 5; domain 3 (rows 1, 4, 6, 7, 8): round(2.5) = 2 ... query 7, 8
-    tasks = step.tasks(_batch(x, y, d))
+    config = MAMLConfig(inner_steps=0, query_fraction=0.5, task_weight="rows")
+    # domain 2 (rows 0, 2, 3, 5): query 3, 5; domain 3 (rows 1, 4, 6, 7, 8): round(2.5) half up = 3, query 6, 7, 8
+    tasks = MAMLStep(Logistic([0.3, -0.2], 0.1), [], config=config, loss=training_loss).tasks(_batch(x, y, d))
     query = sorted(i for _, _, q, _ in tasks for i in q.tolist())
+    assert query == [3, 5, 6, 7, 8]
     assert [len(q) for _, _, q, _ in tasks] == [2, 3] and [w for *_, w in tasks] == [0.4, 0.6]
-    for _ in range(3):
-        step(_batch(x, y, d))
-        trainer._step(plain, plain, [opt_plain], _batch([x[i] for i in query], [y[i] for i in query],
-                                                        [d[i] for i in query]))
-    for p, q in zip(meta.parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+    _assert_meta_steps_equal_plain_steps(config, x, y, d, query)
 
 
 def test_rows_weighting_samples_tasks_in_proportion_to_their_query_rows() -> None:

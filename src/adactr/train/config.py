@@ -102,8 +102,8 @@ class MAMLConfig:
     # weights), the objective the pooled and row-weighted metrics measure; tasks_per_step draws that many
     # tasks with replacement in proportion to their query rows and weighs each by how often it was drawn,
     # an unbiased estimate of the same gradient. Measured on ML-1M's 241 gender x age x occupation domains
-    # (docs/multidomain.md): "tasks" with 32 tasks a step trains slowly and ends far below the backbone
-    # "tasks" is the default: the meta-learning literature's objective, and what runs before this option measured
+    # (docs/multidomain.md): "tasks" with 32 tasks a step trains slowly and ends far below the backbone.
+    # "tasks" is the default: the meta-learning literature's objective, and what earlier runs measured
     task_weight: str = "tasks"
     # which statistics batch norm normalises a task's rows with, in the inner and the query forwards and in
     # per-domain fine-tuning. "task": the task's own rows in training mode (MAML's transductive batch norm;

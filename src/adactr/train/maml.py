@@ -15,8 +15,8 @@ One optimisation step on a mixed batch of ``B`` rows::
 ``L`` is :func:`adactr.train.trainer.training_loss`, so a model's penalties (PIN's orthogonal term,
 AdaSparse's sparsity term) enter every inner and query loss. The reported training loss of a step is the
 weighted mean over tasks (w_t) of the query loss at the adapted weights (the meta objective). The meta
-weights θ are read, never written, by the inner loop: each task runs ``torch.func.functional_call`` on a dict of tensors
-(θ detached, then new tensors θ - αg), and only the optimisers move θ.
+weights θ are read, never written, by the inner loop: each task runs ``torch.func.functional_call`` on a
+dict of tensors (θ detached, then new tensors θ - αg), and only the optimisers move θ.
 
 Choices and why (reference: MAMDR's ``model_zoo/maml.py``, ``shared/research/multidomain.md``)
 
@@ -47,9 +47,9 @@ Choices and why (reference: MAMDR's ``model_zoo/maml.py``, ``shared/research/mul
   groups) cost little, and a sample drops the other domains' rows from the step. With ``"tasks"`` the
   sample is uniform over the batch's tasks; with ``"rows"`` k draws with replacement, P(t) ∝ |Q_t|, and
   w_t = (draws of t) / k, an unbiased estimate of the row-weighted gradient that keeps the large domains
-  in nearly every step. With hundreds of
-  domains per batch each task is a separate small forward/backward; docs/multidomain.md has the
-  measured cost. The draw uses torch's global generator, which checkpoints save and restore.
+  in nearly every step. With hundreds of domains per batch each task is a separate small
+  forward/backward; docs/multidomain.md has the measured cost. The draw uses torch's global generator,
+  which checkpoints save and restore.
 * **Running statistics (BatchNorm, STAR's partitioned norm, ADL's centres) are not moved by the task
   forwards**: each task runs on a private copy of the model's buffers (in training mode a BatchNorm layer
   normalises with the task's own batch statistics, as in MAML, and updates only that copy). After the
