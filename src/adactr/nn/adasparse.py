@@ -183,9 +183,11 @@ class AdaSparseLinear(nn.Module):
         self.config, self.form, self.cond_dim = config, config.form, cond_dim
         self.pruner = nn.Linear(cond_dim + in_features, in_features)  # W_p^l, b_p^l of eq. (3)
         self.linear = Linear(in_features, out_features)  # W^l, b^l
-        self.alpha = GeometricSchedule(start=config.alpha_start, end=config.alpha_end, steps=config.schedule_steps)
+        horizon = "model.adasparse.schedule_steps"
+        self.alpha = GeometricSchedule(start=config.alpha_start, end=config.alpha_end, steps=config.schedule_steps,
+                                       setting=horizon)
         self.lambda_hat = GeometricSchedule(start=config.lambda_start, end=config.lambda_end,
-                                            steps=config.schedule_steps)
+                                            steps=config.schedule_steps, setting=horizon)
         # 1/L of eq. (9): set by the factory once the model has all its pruners
         self.share = share
 

@@ -33,8 +33,10 @@ class Schedule(nn.Module, ABC):
 
     value: Tensor
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, *, setting: str = "") -> None:
+        """``setting``: the config key that sets the horizon, named when a run ends before it."""
         super().__init__()
+        self.setting = setting
         self.register_buffer("value", torch.tensor(float(start)))  # persistent: saved and resumed
 
     @abstractmethod
@@ -52,10 +54,10 @@ class GeometricSchedule(Schedule):
     """From ``start`` to ``end`` in ``steps`` optimisation steps with a constant ratio per step, then held:
     ``start * (end / start) ** min(step / steps, 1)``. Each doubling takes the same number of steps."""
 
-    def __init__(self, *, start: float, end: float, steps: int) -> None:
+    def __init__(self, *, start: float, end: float, steps: int, setting: str = "") -> None:
         if start <= 0 or end <= 0 or steps < 1:
             raise ValueError(f"a geometric schedule needs start, end > 0 and steps >= 1, got {start}, {end}, {steps}")
-        super().__init__(start)
+        super().__init__(start, setting=setting)
         self.start, self.end, self.steps = float(start), float(end), int(steps)
 
     def extra_repr(self) -> str:

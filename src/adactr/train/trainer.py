@@ -41,7 +41,7 @@ from adactr.errors import ConfigError, TrainingError
 from adactr.models.registry import train_defaults_for
 from adactr.nn.domain import per_domain_parameters, set_sparse_domain_gradients
 from adactr.nn.penalty import collect_penalties
-from adactr.nn.schedule import advance_schedules, schedules_of
+from adactr.nn.schedule import Schedule, advance_schedules, schedules_of
 from adactr.train import checkpoint
 from adactr.train.config import (
     DomainOptimizer,
@@ -285,19 +285,19 @@ class FitResult:
 
 
 
-def _warn_unfinished(model: nn.Module, schedules: list, steps: int) -> None:
+def _warn_unfinished(model: nn.Module, schedules: list[Schedule], steps: int) -> None:
     """Warn when a schedule (AdaSparse's α, λ̂) had not reached its end value in the kept weights: the model
     then evaluates and serves with a value training was still moving (e.g. AdaSparse's α at 0.4 of 5 leaves
     every fusion factor above ε, so nothing is pruned), a horizon longer than the run."""
     names = {id(m): n for n, m in model.named_modules()}
-    late = [(names.get(id(s), "?"), float(s.value), s.at(2**62)) for s in schedules
-            if not math.isclose(float(s.value), s.at(2**62), rel_tol=1e-5)]
+    late = [s for s in schedules if not math.isclose(float(s.value), s.at(2**62), rel_tol=1e-5)]
     if late:
-        name, value, end = late[0]
+        s = late[0]
+        fix = f"set {s.setting}" if s.setting else "shorten its horizon"
         warnings.warn(f"{len(late)} schedule(s) had not reached their end in the kept weights (after {steps} steps "
-                      f"in all), e.g. {name} at {value:.3g} of {end:g}: the model serves with those values; for "
-                      f"AdaSparse set model.adasparse.schedule_steps to fit in the steps before the best epoch",
-                      stacklevel=3)
+                      f"in all), e.g. {names.get(id(s), '?')} at {float(s.value):.3g} of {s.at(2**62):g}: the model "
+                      f"serves with those values; {fix} to fit in the steps before the best epoch", stacklevel=3)
+
 
 @dataclass
 class _Progress:
