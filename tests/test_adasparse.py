@@ -19,7 +19,7 @@ from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.nn.adasparse import AdaSparseConfig, AdaSparseLinear, FactorForm, PrunedLinear, step
 from adactr.nn.penalty import collect_penalties
-from adactr.nn.schedule import GeometricSchedule, advance_schedules, schedules_of
+from adactr.nn.schedule import GeometricSchedule, advance_schedules, fit_schedules, schedules_of
 from adactr.train import trainer as trainer_mod
 from adactr.train.config import EarlyStopping, TrainConfig
 
@@ -104,6 +104,19 @@ def test_geometric_schedule() -> None:
     assert [round(s.at(t), 6) for t in (0, 2, 4, 9)] == [0.01, 0.1, 1.0, 1.0]
     s.advance(2)
     assert float(s.value) == pytest.approx(0.1) and "value" in s.state_dict()
+
+
+def test_a_horizon_in_epochs_is_fitted_to_the_data() -> None:
+    """``epochs`` > 0: fit() turns it into round(epochs × steps an epoch) steps; a horizon in steps ignores it."""
+    by_epochs = GeometricSchedule(start=0.1, end=5.0, steps=2000, epochs=1.5)
+    by_steps = GeometricSchedule(start=0.1, end=5.0, steps=2000)
+    fit_schedules([by_epochs, by_steps], steps_per_epoch=7)
+    assert (by_epochs.steps, by_steps.steps) == (10, 2000)  # round(10.5) = 10 (banker's rounding)
+    assert by_epochs.at(10) == pytest.approx(5.0) and by_epochs.at(5) == pytest.approx((0.1 * 5.0) ** 0.5)
+    fit_schedules([by_epochs], steps_per_epoch=0)
+    assert by_epochs.steps == 1  # never a zero horizon
+    with pytest.raises(ConfigError, match="schedule_epochs must be >= 0"):
+        AdaSparseConfig(schedule_epochs=-1).check()
 
 
 def test_config_is_checked() -> None:
@@ -255,4 +268,10 @@ def test_a_schedule_longer_than_the_run_is_named_in_a_warning(tmp_path, world_da
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert main([*args, "--out", str(tmp_path / "short"), "--set", "model.adasparse.schedule_steps=1"]) == 0
+        # a horizon in epochs that fits the run: the schedule ends within it, whatever the data's size
+        assert main([*args, "--out", str(tmp_path / "epochs"), "--set", "model.adasparse.schedule_epochs=1"]) == 0
     assert not [w for w in seen if "schedule(s)" in str(w.message)]
+    from safetensors.torch import load_file
+    assert float(load_file(tmp_path / "epochs" / "model.safetensors")["tower.layers.0.alpha.value"]) == 5.0
+    with pytest.warns(UserWarning, match=r"had not reached their end .*model\.adasparse\.schedule_epochs"):
+        assert main([*args, "--out", str(tmp_path / "two"), "--set", "model.adasparse.schedule_epochs=2"]) == 0

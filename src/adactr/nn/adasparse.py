@@ -100,6 +100,10 @@ class AdaSparseConfig:
     # take α from 0.1 to 0.6 (6x sharper) in its first tenth. 2000 steps ~ 10 epochs of MovieLens-1M's
     # 800k training rows at batch 4096, around where early stopping ends a deep model's run
     schedule_steps: int = 2000
+    # > 0: the horizon in epochs of the training data instead (the trainer converts it once it knows the
+    # steps an epoch), so that it fits data of any size: 2000 steps is 0.4 epoch of a 20 M-row set and
+    # 15 of a 160 k-row one (the click world's run ended before its schedule). 0 keeps schedule_steps
+    schedule_epochs: float = 0.0
     # [r_min, r_max]: the sparsity band of eqs. (9)-(10) (§4.1.2: [0.15, 0.25])
     r_min: float = 0.15
     r_max: float = 0.25
@@ -122,6 +126,8 @@ class AdaSparseConfig:
                 raise ConfigError(f"model.adasparse.{name} must be > 0, got {v}")
         if self.schedule_steps < 1 or self.domain_dim < 1:
             raise ConfigError("model.adasparse.schedule_steps and domain_dim must be >= 1")
+        if not self.schedule_epochs >= 0:
+            raise ConfigError(f"model.adasparse.schedule_epochs must be >= 0, got {self.schedule_epochs}")
 
     @property
     def r(self) -> float:
@@ -183,11 +189,13 @@ class AdaSparseLinear(nn.Module):
         self.config, self.form, self.cond_dim = config, config.form, cond_dim
         self.pruner = nn.Linear(cond_dim + in_features, in_features)  # W_p^l, b_p^l of eq. (3)
         self.linear = Linear(in_features, out_features)  # W^l, b^l
-        horizon = "model.adasparse.schedule_steps"
-        self.alpha = GeometricSchedule(start=config.alpha_start, end=config.alpha_end, steps=config.schedule_steps,
+        horizon = ("model.adasparse.schedule_epochs" if config.schedule_epochs else
+                   "model.adasparse.schedule_steps (or schedule_epochs)")
+        steps, epochs = config.schedule_steps, config.schedule_epochs
+        self.alpha = GeometricSchedule(start=config.alpha_start, end=config.alpha_end, steps=steps, epochs=epochs,
                                        setting=horizon)
-        self.lambda_hat = GeometricSchedule(start=config.lambda_start, end=config.lambda_end,
-                                            steps=config.schedule_steps, setting=horizon)
+        self.lambda_hat = GeometricSchedule(start=config.lambda_start, end=config.lambda_end, steps=steps,
+                                            epochs=epochs, setting=horizon)
         # 1/L of eq. (9): set by the factory once the model has all its pruners
         self.share = share
 

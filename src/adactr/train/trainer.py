@@ -41,7 +41,7 @@ from adactr.errors import ConfigError, TrainingError
 from adactr.models.registry import train_defaults_for
 from adactr.nn.domain import per_domain_parameters, set_sparse_domain_gradients
 from adactr.nn.penalty import collect_penalties
-from adactr.nn.schedule import Schedule, advance_schedules, schedules_of
+from adactr.nn.schedule import Schedule, advance_schedules, fit_schedules, schedules_of
 from adactr.train import checkpoint
 from adactr.train.config import (
     DomainOptimizer,
@@ -425,6 +425,7 @@ class Trainer:
         every = cfg.eval_every_steps
         # the schedule seam (adactr.nn.schedule): advanced after every optimisation step, never by a forward
         schedules = schedules_of(model)
+        fit_schedules(schedules, n_steps)  # horizons given in epochs (model.adasparse.schedule_epochs)
         # the evaluation period so far: steps, training seconds, and the loss sum of its earlier epochs (a
         # device tensor, added to once an epoch: no host sync and no extra work per step)
         period_steps, period_seconds, carried_loss = 0, 0.0, torch.zeros((), device=self.device)
