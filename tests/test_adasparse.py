@@ -58,6 +58,24 @@ def test_factor_forms_by_hand(form: FactorForm, want: list[float]) -> None:
     torch.testing.assert_close(layer(x, e_d), x * torch.tensor([want]))  # W = I: y = h ⊙ π
 
 
+def test_a_domain_only_pruner_reads_e_d_alone() -> None:
+    """pruner_input=domain: v = W_p e_d + b_p by hand; the factors ignore h (rows of one domain share them)."""
+    layer = AdaSparseLinear(3, 3, config=AdaSparseConfig(form=FactorForm.FUSION, pruner_input="domain"), cond_dim=2)
+    assert layer.pruner.weight.shape == (3, 2)
+    with torch.no_grad():
+        layer.pruner.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+        layer.pruner.bias.copy_(torch.tensor([0.0, -3.0, 1.0]))
+        layer.alpha.value.fill_(1.0)
+    e_d = torch.tensor([[2.0, 0.0], [2.0, 0.0]])  # two rows of one domain, different inputs
+    pi = layer.factors(torch.tensor([[1.0, 2.0, 3.0], [-5.0, 0.5, 9.0]]), e_d)
+    v = [2.0, -3.0, -1.0]  # W_p e_d + b_p
+    want = [2 * _sig(x) if 2 * _sig(x) > 0.25 else 0.0 for x in v]  # Fusion, β = 2, ε = 0.25
+    torch.testing.assert_close(pi, torch.tensor([want, want]))
+    assert want[1] == 0.0 and want[0] > 0  # one pruned input, for both rows
+    with pytest.raises(ConfigError, match="pruner_input"):
+        AdaSparseConfig(pruner_input="layer").check()
+
+
 def test_alpha_sharpens_binarization() -> None:
     # σ(0.1 * -5) = 0.38 > ε: kept while α is small; σ(5 * -5) ~ 0: pruned once α reaches 5
     assert _layer(FactorForm.BINARIZATION, [-5.0, 1.0, 1.0], alpha=0.1).factors(

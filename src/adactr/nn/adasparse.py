@@ -111,6 +111,10 @@ class AdaSparseConfig:
     # embedding size), and whether the pruners train it (the public CDC code detaches it)
     domain_dim: int = 10
     domain_gradient: bool = True
+    # what the pruner sees: "both" = [e_d; h^l] (eq. 3), so the factors vary by instance within a domain;
+    # "domain" = e_d alone (an ablation, not in the paper): one factor map per domain, a purely
+    # domain-aware structure, as Fig. 3a draws it
+    pruner_input: str = "both"
 
     def check(self) -> None:
         if self.beta < 1:
@@ -126,6 +130,8 @@ class AdaSparseConfig:
                 raise ConfigError(f"model.adasparse.{name} must be > 0, got {v}")
         if self.schedule_steps < 1 or self.domain_dim < 1:
             raise ConfigError("model.adasparse.schedule_steps and domain_dim must be >= 1")
+        if self.pruner_input not in ("both", "domain"):
+            raise ConfigError(f"model.adasparse.pruner_input must be 'both' or 'domain', got {self.pruner_input!r}")
         if not self.schedule_epochs >= 0:
             raise ConfigError(f"model.adasparse.schedule_epochs must be >= 0, got {self.schedule_epochs}")
 
@@ -187,7 +193,9 @@ class AdaSparseLinear(nn.Module):
         super().__init__()
         config.check()
         self.config, self.form, self.cond_dim = config, config.form, cond_dim
-        self.pruner = nn.Linear(cond_dim + in_features, in_features)  # W_p^l, b_p^l of eq. (3)
+        self.sees_input = config.pruner_input == "both"
+        # W_p^l, b_p^l of eq. (3)
+        self.pruner = nn.Linear(cond_dim + (in_features if self.sees_input else 0), in_features)
         self.linear = Linear(in_features, out_features)  # W^l, b^l
         horizon = ("model.adasparse.schedule_epochs" if config.schedule_epochs else
                    "model.adasparse.schedule_steps (or schedule_epochs)")
@@ -206,6 +214,8 @@ class AdaSparseLinear(nn.Module):
         if cond is None:
             raise ConfigError("an AdaSparse layer needs the domain embedding as its condition "
                               "(is model.condition an AdaSparseCondition?)")
+        if not self.sees_input:
+            return self.pruner(cond)  # W_p e_d + b_p, (B, N_l): pruner_input=domain
         return self.pruner(torch.cat([cond, x], dim=1))  # W_p [e_d; h^l] + b_p, (B, N_l)
 
     def factors(self, x: Tensor, cond: Tensor | None) -> Tensor:
@@ -262,6 +272,7 @@ class PrunedLinear(AdaSparseLinear):
     def __init__(self, layer: AdaSparseLinear) -> None:
         nn.Module.__init__(self)
         self.config, self.form, self.cond_dim, self.share = layer.config, layer.form, layer.cond_dim, layer.share
+        self.sees_input = layer.sees_input
         self.pruner, self.linear = layer.pruner, layer.linear
         self.alpha, self.lambda_hat = layer.alpha, layer.lambda_hat
 
