@@ -328,6 +328,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              'self.register_buffer("value", torch.tensor(float(start)))',
              'self.register_buffer("value", torch.tensor(float(start)), persistent=False)',
              (ADASPARSE,), "α and λ̂ not in the state_dict: --resume restarts them (the public code's plain attribute)"),
+    Mutation("schedule-epochs-ignored", "src/adactr/nn/schedule.py",
+             "self.steps = max(1, round(self.epochs * steps_per_epoch))", "pass",
+             (ADASPARSE,), "schedule_epochs set but the horizon stays schedule_steps (a run ends before it)"),
+    Mutation("adasparse-domain-pruner-reads-input", "src/adactr/nn/adasparse.py",
+             'self.sees_input = config.pruner_input == "both"', "self.sees_input = True",
+             (ADASPARSE,), "pruner_input=domain still reads h^l: the factors vary within a domain"),
     # ---- train ----------------------------------------------------------------------------------------
     Mutation("keep-last-not-best", "src/adactr/train/trainer.py",
              "model.load_state_dict(best_state)", "pass",
