@@ -332,7 +332,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "self.steps = max(1, round(self.epochs * steps_per_epoch))", "pass",
              (ADASPARSE,), "schedule_epochs set but the horizon stays schedule_steps (a run ends before it)"),
     Mutation("adasparse-domain-pruner-reads-input", "src/adactr/nn/adasparse.py",
-             'self.sees_input = config.pruner_input == "both"', "self.sees_input = True",
+             'return self.config.pruner_input == "both"', "return True",
              (ADASPARSE,), "pruner_input=domain still reads h^l: the factors vary within a domain"),
     # ---- train ----------------------------------------------------------------------------------------
     Mutation("keep-last-not-best", "src/adactr/train/trainer.py",

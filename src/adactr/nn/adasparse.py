@@ -193,7 +193,6 @@ class AdaSparseLinear(nn.Module):
         super().__init__()
         config.check()
         self.config, self.form, self.cond_dim = config, config.form, cond_dim
-        self.sees_input = config.pruner_input == "both"
         # W_p^l, b_p^l of eq. (3)
         self.pruner = nn.Linear(cond_dim + (in_features if self.sees_input else 0), in_features)
         self.linear = Linear(in_features, out_features)  # W^l, b^l
@@ -206,6 +205,11 @@ class AdaSparseLinear(nn.Module):
                                             epochs=epochs, setting=horizon)
         # 1/L of eq. (9): set by the factory once the model has all its pruners
         self.share = share
+
+    @property
+    def sees_input(self) -> bool:
+        """Whether the pruner reads [e_d; h^l] (eq. 3) or e_d alone (``pruner_input=domain``)."""
+        return self.config.pruner_input == "both"
 
     def extra_repr(self) -> str:
         return f"form={self.form.value}, cond_dim={self.cond_dim}"
@@ -272,7 +276,6 @@ class PrunedLinear(AdaSparseLinear):
     def __init__(self, layer: AdaSparseLinear) -> None:
         nn.Module.__init__(self)
         self.config, self.form, self.cond_dim, self.share = layer.config, layer.form, layer.cond_dim, layer.share
-        self.sees_input = layer.sees_input
         self.pruner, self.linear = layer.pruner, layer.linear
         self.alpha, self.lambda_hat = layer.alpha, layer.lambda_hat
 

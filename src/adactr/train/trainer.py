@@ -284,7 +284,6 @@ class FitResult:
         return self.train_samples / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
-
 def _warn_unfinished(model: nn.Module, schedules: list[Schedule], steps: int) -> None:
     """Warn when a schedule (AdaSparse's α, λ̂) had not reached its end value in the kept weights: the model
     then evaluates and serves with a value training was still moving (e.g. AdaSparse's α at 0.4 of 5 leaves
