@@ -24,6 +24,7 @@ from adactr.nn.apg import (
     ConditionNorm,
     apg_layer_factory,
 )
+from adactr.nn.mlp import MLP
 from adactr.train import checkpoint
 from adactr.train.config import Device, RunConfig
 from adactr.train.run import evaluate_run, load_run
@@ -210,6 +211,40 @@ def test_self_wise_generates_from_its_own_input():
     torch.testing.assert_close(normed(2 * x), 2 * normed(x))
     d = torch.randn(3, 5)
     assert not torch.allclose(normed(x + d), normed(x) + normed(d), atol=1e-4)
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before-dropout", "after-dropout"])
+def test_a_self_wise_layer_in_a_tower_generates_from_its_input_before_dropout(before):
+    def tower(before_dropout: bool) -> MLP:
+        cfg = APGConfig(rank=2, condition=ConditionMode.SELF, condition_before_dropout=before_dropout)
+        return MLP(input_dim=5, hidden=(6, 4), layer=lambda i, o: APGLinear(i, o, config=cfg), dropout=0.5)
+
+    torch.manual_seed(6)
+    net = tower(before).train()
+    layer, seen = net.layers[1], {}
+    layer.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
+    net(torch.randn(8, 5))
+    x = seen["args"][0]  # (8, 6): the second layer's input, after the first layer's dropout
+    if before:
+        _, cond, source = seen["args"]  # the tower hands it the activations before dropout
+        kept = x != 0
+        assert cond is None and (~kept).any() and kept.any()
+        torch.testing.assert_close(x[kept], 2 * source[kept])  # x = dropout(source), p = 0.5
+    else:
+        assert len(seen["args"]) == 2  # called as layer(x, cond): it generates from x
+        source = x
+    # eq. (7) + W_0 x + b with S_i generated from ``source``, computed here, not by the layer's forward
+    S = layer.generator(source)["S"]  # (8, 2, 2)
+    U, Vm = layer.U_l @ layer.U_r, layer.V_l @ layer.V_r  # (4, 2), (2, 6)
+    want = torch.einsum("nk,bkj,jm,bm->bn", U, S, Vm, x) + x @ layer.W0.T + layer.bias  # (8, 4)
+    torch.testing.assert_close(seen["out"], want)
+    if before:  # the dropped-out input would have given other parameters
+        assert not torch.allclose(layer.generator(x)["S"], S)
+    # evaluation has no dropout, so the setting does not change the trained function
+    other = tower(not before)
+    other.load_state_dict(net.state_dict())
+    z = torch.randn(3, 5)
+    torch.testing.assert_close(other.eval()(z), net.eval()(z))
 
 
 @pytest.mark.parametrize("version", list(V), ids=lambda v: v.value)

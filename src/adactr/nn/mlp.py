@@ -154,6 +154,11 @@ class MLP(nn.Module):
     concatenate towers); otherwise a final layer made by ``output_layer`` (a static :class:`Linear` unless
     given; it gets ``cond`` like the hidden layers, so a per-domain tower's output layer can be per-domain)
     maps to ``output_dim``.
+
+    A layer whose ``reads_undropped_input`` is true (a self-wise APG layer, which generates its parameters
+    from its own input) is called ``layer(x, cond, source)``: ``x`` is its input as every layer gets it
+    (after the previous layer's dropout), ``source`` the same activations before that dropout. In
+    evaluation the two are the same tensor.
     """
 
     def __init__(self, *, input_dim: int, hidden: Sequence[int], output_dim: int | None = 1,
@@ -165,14 +170,22 @@ class MLP(nn.Module):
             raise ValueError(f"MLP sizes must be positive, got input {input_dim} and hidden {list(hidden)}")
         dims = [input_dim, *hidden]
         self.layers = nn.ModuleList(layer(i, o) for i, o in zip(dims[:-1], dims[1:], strict=True))
+        # post[i]: layer i's batch norm and activation; its dropout is ``self.dropout``, applied after
         self.post = nn.ModuleList(
-            nn.Sequential(*([nn.BatchNorm1d(o)] if batch_norm else []), activation.make(),
-                          *([nn.Dropout(dropout)] if dropout > 0 else []))
-            for o in hidden)
+            nn.Sequential(*([nn.BatchNorm1d(o)] if batch_norm else []), activation.make()) for o in hidden)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.output_dim = output_dim if output_dim is not None else dims[-1]
         self.out = output_layer(dims[-1], output_dim) if output_dim is not None else None
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        source = x  # the activations before dropout (the input has none)
         for layer, post in zip(self.layers, self.post, strict=True):
-            x = post(layer(x, cond))  # (B, h)
-        return self.out(x, cond) if self.out is not None else x  # a per-domain output layer reads cond too
+            source = post(_call(layer, x, cond, source))  # (B, h)
+            x = self.dropout(source) if self.dropout is not None else source
+        # a per-domain output layer reads cond too
+        return _call(self.out, x, cond, source) if self.out is not None else x
+
+
+def _call(layer: nn.Module, x: Tensor, cond: Tensor | None, source: Tensor) -> Tensor:
+    """``layer(x, cond)``, or ``layer(x, cond, source)`` for a layer that reads its input before dropout."""
+    return layer(x, cond, source) if getattr(layer, "reads_undropped_input", False) else layer(x, cond)
