@@ -18,6 +18,7 @@ from adactr.models.config import ModelConfig, TowerLayer
 from adactr.models.registry import build_model
 from adactr.nn.adaptivity import measure_adaptivity
 from adactr.nn.adasparse import AdaSparseConfig, AdaSparseLinear, FactorForm, PrunedLinear, step
+from adactr.nn.mlp import MLP
 from adactr.nn.penalty import collect_penalties
 from adactr.nn.schedule import GeometricSchedule, advance_schedules, fit_schedules, schedules_of
 from adactr.train import trainer as trainer_mod
@@ -74,6 +75,29 @@ def test_a_domain_only_pruner_reads_e_d_alone() -> None:
     assert want[1] == 0.0 and want[0] > 0  # one pruned input, for both rows
     with pytest.raises(ConfigError, match="pruner_input"):
         AdaSparseConfig(pruner_input="layer").check()
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before-dropout", "after-dropout"])
+def test_a_pruner_in_a_tower_can_read_its_input_before_dropout(before: bool) -> None:
+    """pruner_before_dropout: π from the undropped h^l, applied to the dropped-out h^l (computed by hand)."""
+    cfg = AdaSparseConfig(form=FactorForm.SCALING, pruner_before_dropout=before)
+    torch.manual_seed(3)
+    tower = MLP(input_dim=4, hidden=(5, 3), layer=lambda i, o: AdaSparseLinear(i, o, config=cfg, cond_dim=2),
+                dropout=0.5).train()
+    layer, seen = tower.layers[1], {}
+    layer.register_forward_hook(lambda m, args, out: seen.update(args=args, out=out))
+    e_d = torch.randn(6, 2)
+    tower(torch.randn(6, 4), e_d)
+    x = seen["args"][0]  # (6, 5): h^l after the first layer's dropout
+    h = seen["args"][2] if before else x  # what the pruner reads
+    if before:
+        kept = x != 0
+        assert (~kept).any() and kept.any()
+        torch.testing.assert_close(x[kept], 2 * h[kept])  # x = dropout(h), p = 0.5
+    else:
+        assert len(seen["args"]) == 2
+    pi = 2.0 * torch.sigmoid(torch.cat([e_d, h], 1) @ layer.pruner.weight.T + layer.pruner.bias)  # β σ(v)
+    torch.testing.assert_close(seen["out"], (x * pi) @ layer.linear.weight.T + layer.linear.bias)
 
 
 def test_alpha_sharpens_binarization() -> None:

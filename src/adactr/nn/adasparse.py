@@ -115,6 +115,11 @@ class AdaSparseConfig:
     # "domain" = e_d alone (an ablation, not in the paper): one factor map per domain, a purely
     # domain-aware structure, as Fig. 3a draws it
     pruner_input: str = "both"
+    # not in the paper (its network has no dropout): the pruner reads h^l before the previous layer's
+    # dropout (the tower's ``source``), while the factors still multiply the dropped-out h^l. A dropped-out
+    # h^l moves v = W_p [e_d; h^l] and so the step of Binarization and Fusion: the factors (and the
+    # sparsity) of training are not those of evaluation
+    pruner_before_dropout: bool = False
 
     def check(self) -> None:
         if self.beta < 1:
@@ -214,6 +219,11 @@ class AdaSparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"form={self.form.value}, cond_dim={self.cond_dim}"
 
+    @property
+    def reads_undropped_input(self) -> bool:
+        """Whether a tower hands this layer its input before dropout as ``source`` (see :class:`MLP`)."""
+        return self.sees_input and self.config.pruner_before_dropout
+
     def _v(self, x: Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:
             raise ConfigError("an AdaSparse layer needs the domain embedding as its condition "
@@ -223,7 +233,7 @@ class AdaSparseLinear(nn.Module):
         return self.pruner(torch.cat([cond, x], dim=1))  # W_p [e_d; h^l] + b_p, (B, N_l)
 
     def factors(self, x: Tensor, cond: Tensor | None) -> Tensor:
-        """π^l (B, N_l), eqs. (3)-(8)."""
+        """π^l (B, N_l), eqs. (3)-(8); ``x`` is the h^l the pruner reads."""
         v = self._v(x, cond)  # (B, N_l)
         c = self.config
         if self.form is FactorForm.SCALING:
@@ -234,8 +244,9 @@ class AdaSparseLinear(nn.Module):
         v_out = c.beta * s  # eq. (8)
         return v_out * step(v_out - c.epsilon)
 
-    def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
-        return {"factor": self.factors(x, cond)}
+    def generated(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None
+                  ) -> dict[str, Tensor]:
+        return {"factor": self.factors(x if source is None else source, cond)}
 
     def pruning_factors(self) -> tuple[str, ...]:
         """For the adaptivity diagnostic: π's zeros are pruned inputs (it reports sparsity and overlap)."""
@@ -253,8 +264,9 @@ class AdaSparseLinear(nn.Module):
         lam = torch.where(inside, torch.zeros_like(r_d), self.lambda_hat.value * gap.detach())
         return self.share * lam * gap
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        pi = self.factors(x, cond)  # (B, N_l)
+    def forward(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        # source: h^l before dropout, given by the tower when reads_undropped_input
+        pi = self.factors(x if source is None else source, cond)  # (B, N_l)
         if self.form is not FactorForm.SCALING and penalties_active():
             add_penalty("adasparse_sparsity", self.sparsity_penalty(pi))
         return self.linear(x * pi, cond)  # W^l (h^l ⊙ π^l) + b^l, (B, N_{l+1})
@@ -279,8 +291,8 @@ class PrunedLinear(AdaSparseLinear):
         self.pruner, self.linear = layer.pruner, layer.linear
         self.alpha, self.lambda_hat = layer.alpha, layer.lambda_hat
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        pi = self.factors(x, cond)  # (B, N_l)
+    def forward(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None) -> Tensor:
+        pi = self.factors(x if source is None else source, cond)  # (B, N_l); served: no dropout, source is x
         keep = (pi != 0).any(0).nonzero().squeeze(1)  # (K,) the inputs some row keeps (one host sync)
         if keep.numel() == pi.shape[1]:  # nothing to skip (a large batch, usually): no gather
             return self.linear(x * pi, cond)
