@@ -14,7 +14,8 @@ The reference layer ("fuxictr-style", benchmark-only, never registered) is self-
 
 with every weight xavier-normal and every bias zero (FuxiCTR's ``reset_parameters``), K = 8, P = 64.
 adactr's row ("adactr, same settings") is ``model.apg`` with K = 8, P = 64, generator_hidden = [512, 256],
-generate_bias = true, self-wise, its own initialisation and condition normalisation (``--apg-set`` adds
+generate_bias = true, static_weight = false (the reference has no W_0), self-wise, its own initialisation,
+condition normalisation and condition before dropout (``--apg-set`` adds
 more keys, e.g. ``model.apg.condition_norm=none``). Both are built into DeepFM's tower by the layer factory
 seam and trained by the same trainer on the same batches; only the layer differs.
 """
@@ -85,7 +86,7 @@ def _one(data: Path, variant: str, sets: list[str], apg_sets: list[str], seed: i
     if variant == "adactr":
         base += ["model.tower_layer=apg", "model.apg.condition=self", "model.apg.rank=8",
                  "model.apg.overparam_dim=64", "model.apg.generator_hidden=[512,256]",
-                 "model.apg.generate_bias=true", *apg_sets]
+                 "model.apg.generate_bias=true", "model.apg.static_weight=false", *apg_sets]
     cfg = override(RunConfig(), parse_sets(base))
     tc = cfg.train
     if tc.threads > 0:
