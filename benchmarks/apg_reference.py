@@ -81,13 +81,18 @@ class ReferenceAPG(nn.Module):
         return h @ (self.V_l @ self.V_r) + g["b"]  # (B, N)
 
 
-def _one(data: Path, variant: str, sets: list[str], apg_sets: list[str], seed: int) -> dict:
-    base = [*sets, f"train.seed={seed}", "train.progress=false"]
-    if variant == "adactr":
-        base += ["model.tower_layer=apg", "model.apg.condition=self", "model.apg.rank=8",
-                 "model.apg.overparam_dim=64", "model.apg.generator_hidden=[512,256]",
-                 "model.apg.generate_bias=true", "model.apg.static_weight=false", *apg_sets]
-    cfg = override(RunConfig(), parse_sets(base))
+# adactr's APG with the reference's settings (the reference layer has no W_0)
+ADACTR_SETS = ["model.tower_layer=apg", "model.apg.condition=self", "model.apg.rank=8", "model.apg.overparam_dim=64",
+               "model.apg.generator_hidden=[512,256]", "model.apg.generate_bias=true", "model.apg.static_weight=false"]
+
+
+def overrides_of(variant: str, sets: list[str], apg_sets: list[str]) -> list[str]:
+    """Every override a run of ``variant`` gets but its seed (the cache key holds all of them)."""
+    return [*sets, *(ADACTR_SETS + apg_sets if variant == "adactr" else [])]
+
+
+def _one(data: Path, variant: str, overrides: list[str], seed: int) -> dict:
+    cfg = override(RunConfig(), parse_sets([*overrides, f"train.seed={seed}", "train.progress=false"]))
     tc = cfg.train
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
@@ -125,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[dict]] = {}
     for variant in args.variants.split(","):
         for seed in seeds:
-            key = hashlib.sha1(json.dumps([str(args.data.resolve()), variant, args.set, args.apg_set, seed])
+            overrides = overrides_of(variant, args.set, args.apg_set)
+            key = hashlib.sha1(json.dumps([str(args.data.resolve()), variant, overrides, seed])
                                .encode()).hexdigest()[:16]
             hit = args.cache / f"{variant}-{key}.json" if args.cache else None
             if hit is not None and hit.exists():
                 r = json.loads(hit.read_text())
             else:
-                r = _one(args.data, variant, args.set, args.apg_set, seed)
+                r = _one(args.data, variant, overrides, seed)
                 if hit is not None:
                     hit.parent.mkdir(parents=True, exist_ok=True)
                     hit.write_text(json.dumps(r))
