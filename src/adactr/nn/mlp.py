@@ -156,9 +156,9 @@ class MLP(nn.Module):
     maps to ``output_dim``.
 
     A layer whose ``reads_undropped_input`` is true (a self-wise APG layer, which generates its parameters
-    from its own input) is called ``layer(x, cond, source)``: ``x`` is its input as every layer gets it
-    (after the previous layer's dropout), ``source`` the same activations before that dropout. In
-    evaluation the two are the same tensor.
+    from its own input; an AdaSparse layer with ``pruner_before_dropout``) is called
+    ``layer(x, cond, source)``: ``x`` is its input as every layer gets it (after the previous layer's
+    dropout), ``source`` the same activations before that dropout. In evaluation they are the same tensor.
     """
 
     def __init__(self, *, input_dim: int, hidden: Sequence[int], output_dim: int | None = 1,
