@@ -75,6 +75,8 @@ def test_a_domain_only_pruner_reads_e_d_alone() -> None:
     assert want[1] == 0.0 and want[0] > 0  # one pruned input, for both rows
     with pytest.raises(ConfigError, match="pruner_input"):
         AdaSparseConfig(pruner_input="layer").check()
+    with pytest.raises(ConfigError, match="pruner_before_dropout needs pruner_input=both"):
+        AdaSparseConfig(pruner_input="domain", pruner_before_dropout=True).check()
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["before-dropout", "after-dropout"])

@@ -138,6 +138,9 @@ class AdaSparseConfig:
             raise ConfigError("model.adasparse.schedule_steps and domain_dim must be >= 1")
         if self.pruner_input not in ("both", "domain"):
             raise ConfigError(f"model.adasparse.pruner_input must be 'both' or 'domain', got {self.pruner_input!r}")
+        if self.pruner_before_dropout and self.pruner_input == "domain":
+            raise ConfigError("model.adasparse.pruner_before_dropout needs pruner_input=both: a pruner that reads "
+                              "e_d alone reads no h^l")
         if not self.schedule_epochs >= 0:
             raise ConfigError(f"model.adasparse.schedule_epochs must be >= 0, got {self.schedule_epochs}")
 
