@@ -116,13 +116,14 @@ class RelationNet(nn.Module):
 
 
 def _post_as_served(post: nn.Module, h: Tensor) -> Tensor:
-    """A tower layer's batch norm (running statistics, not moved), activation, no dropout; h (R, c, H)."""
+    """A tower layer's batch norm (running statistics, not moved) and activation; h (R, c, H). (MLP keeps
+    its dropout outside ``post``.)"""
     for m in post.children():
         if isinstance(m, nn.BatchNorm1d):
             flat = F.batch_norm(h.reshape(-1, h.shape[-1]), m.running_mean, m.running_var, m.weight, m.bias,
                                 training=False, eps=m.eps)  # (R c, H)
             h = flat.view(h.shape)
-        elif not isinstance(m, nn.Dropout):
+        else:
             h = m(h)
     return h
 

@@ -408,7 +408,7 @@ class APGLinear(nn.Module):
 
     def _condition(self, x: Tensor, cond: Tensor | None, source: Tensor | None) -> Tensor:
         if self.self_wise:
-            return source if source is not None and self.config.condition_before_dropout else x  # (B, M)
+            return x if source is None else source  # (B, M); the tower gives source when reads_undropped_input
         if cond is None:
             raise AdactrError(f"this APG layer is {self.config.condition.value}-wise and needs a condition; "
                               "the model gave none (is model.condition set?)")
