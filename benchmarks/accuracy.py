@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from pathlib import Path
 
-from adactr.config import override, parse_sets
+from adactr.config import override, parse_sets, to_dict
 from adactr.train.config import RunConfig
 from adactr.train.run import train_run
 
@@ -34,22 +35,81 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def read_cached(hit: Path | None, config: dict) -> dict | None:
+    """The run cached at ``hit``, or None when there is none or it is stale.
+
+    The cache key is the overrides, not the code, so a changed default would silently reuse runs trained
+    with the old one. Each entry therefore stores its resolved configuration (``config``: every setting,
+    defaults included); an entry whose stored configuration differs from ``config`` is moved to ``stale/``
+    beside it, reported on stderr, and the run is trained again. Entries written before configurations were
+    stored carry none and are trusted.
+    """
+    if hit is None or not hit.exists():
+        return None
+    r = json.loads(hit.read_text())
+    stored = r.get("config")
+    if stored is None or stored == config:
+        return r
+    changed = sorted(_diff_keys(stored, config))
+    stale = hit.parent / "stale" / hit.name
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    hit.replace(stale)
+    print(f"stale cache entry {hit.name} (settings changed since: {', '.join(changed[:6])}"
+          f"{' ...' if len(changed) > 6 else ''}): moved to {stale.parent}, training again",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def write_cached(hit: Path | None, r: dict, config: dict) -> None:
+    """Store run ``r`` at ``hit`` with its resolved configuration and the code's commit (atomically)."""
+    if hit is None:
+        return
+    r["config"] = config
+    r.setdefault("commit", _commit())
+    hit.parent.mkdir(parents=True, exist_ok=True)
+    tmp_hit = hit.with_suffix(".part")
+    tmp_hit.write_text(json.dumps(r, default=str))
+    tmp_hit.replace(hit)
+
+
+def _commit() -> str | None:
+    """The checkout's commit (a dirty tree marked ``+``), for provenance; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def _train_one(data: str, model: str, sets: list[str], cache: str | None) -> dict:
     """One full training run (in a worker process when jobs > 1); its metrics.json without the history."""
     key = hashlib.sha1(json.dumps([str(Path(data).resolve()), model, sets]).encode()).hexdigest()[:16]
     hit = Path(cache) / f"{model}-{key}.json" if cache else None
-    if hit is not None and hit.exists():
-        return json.loads(hit.read_text())
     cfg = override(RunConfig(), parse_sets([*sets, "train.progress=false"]))
+    resolved = to_dict(cfg)
+    r = read_cached(hit, resolved)
+    if r is not None:
+        return r
     with tempfile.TemporaryDirectory() as tmp:
         r = train_run(data=Path(data), model_name=model, out=Path(tmp) / "run", config=cfg)
     r.pop("history", None)
     r["overrides"] = sets
-    if hit is not None:
-        hit.parent.mkdir(parents=True, exist_ok=True)
-        tmp_hit = hit.with_suffix(".part")
-        tmp_hit.write_text(json.dumps(r, default=str))
-        tmp_hit.replace(hit)
+    write_cached(hit, r, resolved)
     return r
 
 
@@ -117,8 +177,9 @@ def run_grid(data: Path, models: list[str], seeds: list[int], sets: list[str],
     ``variants`` maps a name to extra overrides (default: one variant "" with none). ``jobs`` > 1 runs
     that many trainings at once, each in its own process with ``train.threads`` set to 1 unless given.
     ``cache``: a directory of finished runs keyed by (data, model, overrides); a run found there is not
-    repeated, so an interrupted grid picks up where it stopped. The key does not cover the code: empty
-    the cache after changing a model or the trainer. Runs are reported and failures handled as in
+    repeated, so an interrupted grid picks up where it stopped. The key does not cover the code: a run
+    whose resolved configuration changed (a new default) is retrained (``read_cached``), but empty the cache
+    after changing a model's or the trainer's code. Runs are reported and failures handled as in
     ``run_tasks``.
     """
     variants = variants or {"": []}

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from adactr.config import override, parse_sets
+from adactr.config import override, parse_sets, to_dict
 from adactr.data.schema import Schema
 from adactr.data.tensors import SplitArrays
 from adactr.models.registry import build_model
@@ -42,6 +42,9 @@ from adactr.nn.adaptivity import measure_adaptivity
 from adactr.train.config import RunConfig
 from adactr.train.run import pick_device, seed_everything
 from adactr.train.trainer import Trainer, evaluate_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import read_cached, write_cached  # noqa: E402
 
 
 class ReferenceAPG(nn.Module):
@@ -134,13 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             key = hashlib.sha1(json.dumps([str(args.data.resolve()), variant, overrides, seed])
                                .encode()).hexdigest()[:16]
             hit = args.cache / f"{variant}-{key}.json" if args.cache else None
-            if hit is not None and hit.exists():
-                r = json.loads(hit.read_text())
-            else:
+            resolved = to_dict(override(RunConfig(), parse_sets([*overrides, f"train.seed={seed}",
+                                                                 "train.progress=false"])))
+            r = read_cached(hit, resolved)
+            if r is None:
                 r = _one(args.data, variant, overrides, seed)
-                if hit is not None:
-                    hit.parent.mkdir(parents=True, exist_ok=True)
-                    hit.write_text(json.dumps(r))
+                write_cached(hit, r, resolved)
             rows.setdefault(variant, []).append(r)
             ad = {p: {k: round(v["adaptivity"], 3) for k, v in t.items()} for p, t in r["adaptivity"].items()}
             print(f"{variant} seed {seed}: test AUC {r['test']['auc']:.5f} logloss {r['test']['logloss']:.5f} "

@@ -48,6 +48,7 @@ MD_FORMULAS = "tests/test_formulas.py::test_multidomain_model_equals_its_formula
 ADASPARSE = "tests/test_adasparse.py"
 AS_FORMULAS = "tests/test_formulas.py::test_adasparse_backbones_equal_the_formula_and_so_does_the_served_form"
 MAML_T = "tests/test_maml.py"
+BENCH_CACHE = "tests/test_benchmarks.py::test_parallel_grid_equals_serial_and_the_cache_is_reused"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("mlp-source-is-dropped-input", "src/adactr/nn/mlp.py",
              "return layer(x, cond, source) if", "return layer(x, cond, x) if",
              (APG,), "the tower hands a self-wise layer its dropped-out input as the undropped one"),
+    Mutation("bench-cache-trusts-stale-settings", "benchmarks/accuracy.py",
+             "if stored is None or stored == config:", "if True:",
+             (BENCH_CACHE,), "a benchmark cache entry trained under an old default is reused as if current"),
     Mutation("adaptivity-not-centred", "src/adactr/nn/adaptivity.py",
              "var = max(self.sq / self.n - mean_sq, 0.0)", "var = self.sq / self.n",
              (ADAPTIVITY,), "the adaptivity diagnostic forgets to subtract the mean (a static part looks adaptive)"),

@@ -30,6 +30,15 @@ def test_parallel_grid_equals_serial_and_the_cache_is_reused(world_data, tmp_pat
     files[0].write_text(json.dumps(rec))
     again = run_grid(world_data, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
     assert 0.123 in [r["test"]["auc"] for v in again.values() for r in v["wdl"]]
+    # an entry trained under other settings (a default changed since) is moved aside and trained again
+    assert rec["config"]["train"]["epochs"] == 1 and "commit" in rec  # None outside a git checkout
+    rec["config"]["model"]["embedding_dim"] = 16  # as if the default had been 16 when it was trained
+    files[0].write_text(json.dumps(rec))
+    third = run_grid(world_data, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
+    assert 0.123 not in [r["test"]["auc"] for v in third.values() for r in v["wdl"]]
+    assert [r["test"]["auc"] for r in third["apg"]["wdl"]] == [r["test"]["auc"] for r in serial["apg"]["wdl"]]
+    assert json.loads((tmp_path / "cache" / "stale" / files[0].name).read_text())["test"]["auc"] == 0.123
+    assert json.loads(files[0].read_text())["config"]["model"]["embedding_dim"] == 4
 
 
 def test_apg_table2_prints_base_and_each_variant(world_data, tmp_path, capsys):
