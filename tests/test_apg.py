@@ -309,6 +309,36 @@ def test_default_has_the_static_full_rank_path_and_false_is_the_papers_layer():
     assert "+ W_0 x" in repr(on) and "W_0" not in repr(off)
 
 
+@pytest.mark.parametrize("version", list(V))
+@pytest.mark.parametrize("condition", ["self", "group"])
+def test_correction_starting_at_zero_is_the_static_layer_then_adapts(version, condition):
+    """correction_starts_at_zero: a fresh layer is W_0 x + b exactly, for every instance; one Adam step
+    later the generated core varies across instances (it trains, through the zeroed output layer)."""
+    torch.manual_seed(0)
+    kw = dict(static_weight=True, correction_starts_at_zero=True, version=version)
+    c = cfg(**kw) if condition == "group" else cfg(condition=ConditionMode.SELF, condition_fields=(), **kw)
+    layer = APGLinear(4, 3, config=c, cond_dim=2)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, z = torch.randn(16, 4), torch.randn(16, 2)
+    assert torch.equal(layer(x, z), x @ layer.W0.T + layer.bias)
+    core = "W" if version is V.V1 else "S"
+    assert torch.count_nonzero(layer.generated(x, z)[core]) == 0
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    for _ in range(2):  # v4/v5's U and V first move on step 2 (S is 0 on step 1)
+        opt.zero_grad()
+        (layer(x, z) - torch.randn(16, 3)).pow(2).mean().backward()
+        opt.step()
+    g = layer.generated(x, z)[core]  # (B, ...)
+    assert g.std(0).mean() > 1e-3  # varies across instances
+    assert not torch.allclose(layer(x, z), x @ layer.W0.T + layer.bias)
+
+
+def test_correction_starting_at_zero_needs_the_static_path():
+    with pytest.raises(ConfigError, match="correction_starts_at_zero needs apg.static_weight=true"):
+        APGLinear(4, 3, config=cfg(correction_starts_at_zero=True), cond_dim=2)
+
+
 def test_default_p_follows_k():
     """overparam_dim=0 (the default) means P = 8 K, so changing only K keeps P >> K."""
     assert APGConfig().P == 32 and APGConfig(rank=16).P == 128 and APGConfig(rank=16, overparam_dim=20).P == 20

@@ -144,6 +144,11 @@ class APGConfig:
     # Base without W_0 and 0.004 with it (3 seeds, docs/apg.md). It costs a static layer's N M weights:
     # false gives the paper's layer and its savings (Table 5 measures that one)
     static_weight: bool = True
+    # not in the paper: with static_weight, the adaptive term starts at zero (the generated S_i, W_i for v1,
+    # is 0 for every instance at initialisation: its generator's output weights and bias are zeroed, as
+    # LoRA zeroes one factor), so a fresh APG model computes its Base model's function and the
+    # instance-adaptive correction grows only as far as training finds it useful
+    correction_starts_at_zero: bool = False
     # normalise z before G, so that the generated part is not starved by a small-scale condition (embeddings
     # have rms 1e-4 at init): with "none" a fresh layer's S_i varied by 0.6-0.9 % across instances
     condition_norm: ConditionNorm = ConditionNorm.LAYER
@@ -220,6 +225,9 @@ class APGConfig:
         if self.condition is ConditionMode.SELF and self.condition_fields:
             raise ConfigError("apg.condition_fields is not used by apg.condition=self (the condition is the "
                               "layer's input); use group, mix_input or mix_output")
+        if self.correction_starts_at_zero and not self.static_weight:
+            raise ConfigError("apg.correction_starts_at_zero needs apg.static_weight=true: without W_0 a layer whose "
+                              "adaptive term is 0 outputs its bias alone")
         if self.condition in (ConditionMode.GROUP, ConditionMode.SELF) and \
                 self.aggregation is not Aggregation.CONCAT:
             raise ConfigError(f"apg.aggregation={self.aggregation.value} applies to mix_input / mix_output "
@@ -367,15 +375,18 @@ class APGLinear(nn.Module):
         v = config.version
         # Each matrix has the LeCun variance of its own fan-in (W, V: M; S, U: K), so that U S V x has the
         # scale of a LeCun-initialised W x; half of that variance is shared, half varies with the condition.
+        # correction_starts_at_zero: the core (W for v1, S otherwise) starts at 0; v2/v3's generated U_i and
+        # V_i keep their scale, or no factor of U_i S_i V_i would ever receive a gradient
         half = math.sqrt(0.5)
+        core = 0.0 if config.correction_starts_at_zero else half
         if v is APGVersion.V1:
-            outputs = [Generated("W", (N, M), half / math.sqrt(M), half / math.sqrt(M))]
+            outputs = [Generated("W", (N, M), core / math.sqrt(M), core / math.sqrt(M))]
         elif v in (APGVersion.V2, APGVersion.V3):
             outputs = [Generated("U", (N, K), half / math.sqrt(K), half / math.sqrt(K)),
-                       Generated("S", (K, K), half / math.sqrt(K), half / math.sqrt(K)),
+                       Generated("S", (K, K), core / math.sqrt(K), core / math.sqrt(K)),
                        Generated("V", (K, M), half / math.sqrt(M), half / math.sqrt(M))]
         else:
-            outputs = [Generated("S", (K, K), half / math.sqrt(K), half / math.sqrt(K))]
+            outputs = [Generated("S", (K, K), core / math.sqrt(K), core / math.sqrt(K))]
         if config.generate_bias:
             outputs.append(Generated("b", (N,), 0.0, 1.0))  # a static layer's init on the normalised condition
         self.generator: nn.Module = ParameterGenerator(
