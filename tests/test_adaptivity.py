@@ -3,6 +3,7 @@ condition scale, and a trained run reports how much its generated parameters var
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -82,8 +83,57 @@ def test_mix_output_is_measured_once_through_its_branches() -> None:
     assert list(adaptive_parts(model)) == ["tower.layers.0", "tower.layers.1"]
     cat = torch.stack([torch.randint(0, n, (16,)) for n in LAYOUT.cat_sizes], dim=1)
     out = measure_adaptivity(model, [Batch(cat=cat, num=torch.zeros(16, 0), seq=(), label=torch.zeros(16))])
-    assert set(out["tower.layers.0"]) == {"0.S", "1.S"}
+    assert set(out["tower.layers.0"]) == {"0.S", "0.weight", "1.S", "1.weight"}
     assert model.training  # the mode it had is restored
+
+
+def _brute_weight(layer: APGLinear, x: Tensor, z: Tensor) -> Tensor:
+    """W_i = W_0 + (the version's generated weight), reconstructed in full: (B, N, M)."""
+    g = layer.generated(x, z)
+    v = layer.version
+    if v is APGVersion.V1:
+        W = g["W"]
+    elif v in (APGVersion.V2, APGVersion.V3):
+        W = g["U"] @ g["S"] @ g["V"]
+    else:
+        U, V = (layer.U, layer.V) if v is APGVersion.V4 else (layer.U_l @ layer.U_r, layer.V_l @ layer.V_r)
+        W = U @ g["S"] @ V
+    return W if layer.W0 is None else W + layer.W0
+
+
+def _ratio_of(rows: Tensor) -> float:
+    rows = rows.detach().flatten(1).double()
+    mean = rows.mean(0)
+    return float((rows - mean).square().sum(1).mean().sqrt() / mean.norm())
+
+
+@pytest.mark.parametrize("version", list(APGVersion))
+@pytest.mark.parametrize("static_weight", [False, True])
+@pytest.mark.parametrize("shape", [(6, 5, 2), (3, 7, 4)])  # (M, N, K); the second has K > N
+def test_the_weight_an_instance_gets_is_measured_exactly(version, static_weight, shape) -> None:
+    """``diagnosed``'s "weight" has the adaptivity of W_i = W_0 + U S_i V reconstructed in full (its compact
+    v4/v5 form is an isometry), and differs from S's: a correction starting at zero has a huge S ratio."""
+    torch.manual_seed(3)
+    M, N, K = shape
+    c = APGConfig(version=version, rank=K, overparam_dim=8, condition=ConditionMode.GROUP, condition_fields=("u",),
+                  static_weight=static_weight)
+    layer = APGLinear(M, N, config=c, cond_dim=4).double()
+    x, z = torch.randn(64, M, dtype=torch.float64), torch.randn(64, 4, dtype=torch.float64)
+    with torch.no_grad():
+        d = layer.diagnosed(x, z)
+        assert _ratio_of(d["weight"]) == pytest.approx(_ratio_of(_brute_weight(layer, x, z)), rel=1e-9)
+        assert set(d) - set(layer.generated(x, z)) == {"weight"}
+    if version in (APGVersion.V4, APGVersion.V5) and static_weight:
+        zero = APGLinear(M, N, config=dataclasses.replace(c, correction_starts_at_zero=True), cond_dim=4).double()
+        opt = torch.optim.Adam(zero.parameters(), lr=1e-3)
+        for _ in range(2):
+            opt.zero_grad()
+            zero(x, z).square().mean().backward()
+            opt.step()
+        with torch.no_grad():
+            dz = zero.diagnosed(x, z)
+            assert _ratio_of(dz["S"]) > 1 > 10 * _ratio_of(dz["weight"])  # S centred on ~0; W_0 carries the weight
+            assert _ratio_of(dz["weight"]) == pytest.approx(_ratio_of(_brute_weight(zero, x, z)), rel=1e-9)
 
 
 def _fresh_adaptivity(layer: APGLinear, z: Tensor, x: Tensor) -> float:

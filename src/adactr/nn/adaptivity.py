@@ -2,7 +2,10 @@
 
 An adaptive part (APG's layers now; DynInt's gates, AdaSparse's pruning factors and ADL's routing as they
 land) implements :class:`Adaptive`: ``generated(x, cond) -> {name: (B, ...)}``, the per-instance tensors it
-makes from the inputs its ``forward`` receives. :func:`measure_adaptivity` runs a model over batches, sees
+makes from the inputs its ``forward`` receives (a part may also have ``diagnosed(...)``, the same plus
+tensors derived from them that the diagnostic should report: APG's effective weight ``W_i``, since with a
+static ``W_0`` beside it what the generator makes varies far more than the weight the instance gets).
+:func:`measure_adaptivity` runs a model over batches, sees
 each adaptive part's inputs through a forward hook (nothing is written to the module), and reports for
 every generated tensor ``g_i`` (flattened, instance ``i``)::
 
@@ -147,7 +150,9 @@ def measure_adaptivity(model: nn.Module, batches: Iterable[Batch], *, max_rows: 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, _out: Tensor) -> None:
             pruning = module.pruning_factors() if isinstance(module, Pruning) else ()
-            for key, g in module.generated(*args).items():  # type: ignore[operator]
+            # ``diagnosed``, where a part has it, adds what the instance gets to what it generates (APG: W_i)
+            report = getattr(module, "diagnosed", module.generated)
+            for key, g in report(*args).items():  # type: ignore[operator]
                 moments[name].setdefault(key, _Moments(pruning=key in pruning)).add(g, domain[0])
         return hook
 

@@ -432,6 +432,42 @@ class APGLinear(nn.Module):
         ``source``: a self-wise layer's input before dropout (the tower passes it); None = ``x``."""
         return self.generator(self._condition(x, cond, source))
 
+    def diagnosed(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None
+                  ) -> dict[str, Tensor]:
+        """For the adaptivity diagnostic: :meth:`generated`, plus ``"weight"``, the weight each instance gets.
+
+        What the generator makes is not what the instance gets: with ``W_0`` the layer's weight is
+        ``W_i = W_0 + U S_i V``, whose spread relative to its mean can be far smaller than ``S_i``'s (a
+        correction that starts at zero has ``S`` of mean ~0 and a huge ``S`` ratio). ``"weight"`` is measured so
+        that its adaptivity is exactly ``W_i``'s (std over instances ÷ rms of the mean, in Frobenius norm):
+
+        * v1-v3: ``W_i`` itself, flattened (``(B, N M)``; v2/v3 reconstruct ``U_i S_i V_i``);
+        * v4/v5: ``[vec(C_i), r]`` (``(B, K'^2 + 1)``), an isometric form: with thin QR ``U = Q_U R_U``,
+          ``V^T = Q_V R_V``, ``W_i = Q_U C_i Q_V^T + W_0⊥`` where ``C_i = R_U S_i R_V^T + Q_U^T W_0 Q_V``
+          and ``W_0⊥ = W_0 - Q_U Q_U^T W_0 Q_V Q_V^T`` is orthogonal to the first term, so every distance
+          and norm of ``W_i`` is that of the vector, with ``r = ||W_0⊥||_F`` the constant last entry.
+        """
+        gen = self.generated(x, cond, source)
+        return {**gen, "weight": self._weight_coordinates(gen)}
+
+    def _weight_coordinates(self, gen: dict[str, Tensor]) -> Tensor:
+        v, B = self.version, next(iter(gen.values())).shape[0]
+        W0 = self.W0  # (N, M) or None
+        if v in (APGVersion.V1, APGVersion.V2, APGVersion.V3):
+            W = gen["W"] if v is APGVersion.V1 else torch.bmm(torch.bmm(gen["U"], gen["S"]), gen["V"])  # (B, N, M)
+            return (W if W0 is None else W + W0).flatten(1)  # (B, N M)
+        U, V = (self.U, self.V) if v is APGVersion.V4 else (self.U_l @ self.U_r, self.V_l @ self.V_r)  # (N, K), (K, M)
+        Q_U, R_U = torch.linalg.qr(U)  # (N, k), (k, K); k = min(N, K)
+        Q_V, R_V = torch.linalg.qr(V.T)  # (M, m), (m, K); m = min(M, K)
+        C = R_U @ gen["S"] @ R_V.T  # (B, k, m)
+        if W0 is None:
+            rest = torch.zeros((), dtype=C.dtype, device=C.device)
+        else:
+            inner = Q_U.T @ W0 @ Q_V  # (k, m)
+            C = C + inner
+            rest = torch.linalg.matrix_norm(W0 - Q_U @ inner @ Q_V.T)  # ||W_0⊥||_F, ()
+        return torch.cat([C.flatten(1), rest.expand(B, 1)], dim=1)  # (B, k m + 1)
+
     def forward(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         gen = self.generated(x, cond, source)  # {name: (B, *shape)}
         v = self.version
@@ -520,6 +556,11 @@ class APGMixOutput(nn.Module):
         """Each branch's generated matrices, named ``"<branch>.<name>"``."""
         cond = self._check(cond)
         return {f"{j}.{n}": t for j, b in enumerate(self.branches) for n, t in b.generated(x, cond[:, j]).items()}
+
+    def diagnosed(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
+        """Each branch's :meth:`APGLinear.diagnosed` tensors, named ``"<branch>.<name>"``."""
+        cond = self._check(cond)
+        return {f"{j}.{n}": t for j, b in enumerate(self.branches) for n, t in b.diagnosed(x, cond[:, j]).items()}
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         cond = self._check(cond)
