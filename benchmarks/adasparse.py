@@ -123,7 +123,8 @@ def _adaptivity(runs: list[dict]) -> str:
     vals, sparsity, overlap = [], [], []
     for r in runs:
         for part in r.get("adaptivity", {}).values():
-            for v in part.values():
+            # an APG layer: what the instance gets (weight), not also what its generator makes
+            for v in ([part["weight"]] if "weight" in part else part.values()):
                 if "adaptivity" in v:
                     vals.append(v["adaptivity"])
                 if "sparsity" in v:

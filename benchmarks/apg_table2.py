@@ -24,6 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import mean_std, run_grid  # noqa: E402
 
 
+def layer_adaptivity(runs: list[dict]) -> str:
+    """Each adaptive part's adaptivity, mean over the runs, "a / b / c" in model order: the ``weight`` entry
+    (what the instance gets) where the runs have it, else ``S:`` and the generator's ``S``."""
+    parts = list(runs[0].get("adaptivity", {}))
+    if not parts:
+        return "-"
+    key = "weight" if all("weight" in r["adaptivity"][p] for r in runs for p in parts) else "S"
+    vals = [statistics.mean(r["adaptivity"][p][key]["adaptivity"] for r in runs) for p in parts]
+    return ("" if key == "weight" else "S: ") + " / ".join(f"{v:.2f}" for v in vals)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -70,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     for m in models:
         print(f"| {m} | " + " | ".join(mean_std([r["test"]["logloss"] for r in res[n][m]])
                                        for n in ["Base", *names]) + " |")
+    print("\nParameters, and the adaptivity of each APG layer at the end of training (mean over seeds; the "
+          "weight each instance gets, or S for runs measured before the weight was)")
+    print("| backbone | Base params | " + " | ".join(f"+APG {n} params | {n} adaptivity" for n in names) + " |")
+    print("|---|---|" + "---|---|" * len(names))
+    for m in models:
+        cells = [f"{res['Base'][m][0]['params']:,}"]
+        for n in names:
+            cells += [f"{res[n][m][0]['params']:,}", layer_adaptivity(res[n][m])]
+        print(f"| {m} | " + " | ".join(cells) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"results": res, "args": vars(args)}, indent=1, default=str))

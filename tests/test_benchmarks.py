@@ -52,6 +52,11 @@ def test_apg_table2_prints_base_and_each_variant(world_data, tmp_path, capsys):
     saved = json.loads((tmp_path / "t2.json").read_text())["results"]
     assert saved["group(user)"]["wdl"][0]["overrides"][-1] == "train.seed=1"
     assert "model.apg.condition_fields=user_id" in saved["group(user)"]["wdl"][0]["overrides"]
+    # parameters and each APG layer's adaptivity (the weight the instance gets), read from the saved runs
+    w = saved["self"]["wdl"][0]
+    row = [ln for ln in out.splitlines() if ln.startswith("| wdl |")][-1]  # the last table
+    per_layer = " / ".join(f"{v['weight']['adaptivity']:.2f}" for v in w["adaptivity"].values())
+    assert f"| {saved['Base']['wdl'][0]['params']:,} | {w['params']:,} | {per_layer} |" in row
 
 
 def test_apg_cost_table5_group_wise_on_a_chosen_tower(capsys):
