@@ -339,6 +339,30 @@ def test_correction_starting_at_zero_needs_the_static_path():
         APGLinear(4, 3, config=cfg(correction_starts_at_zero=True), cond_dim=2)
 
 
+def test_generator_l2_adds_its_rate_times_the_varying_weights_squared_to_the_loss():
+    """generator_l2: rate x ||W_G||^2 (G's output weights, not its bias) per APG layer, in training only."""
+    import torch.nn.functional as F
+
+    from adactr.nn.penalty import collect_penalties
+    from adactr.train.trainer import training_loss
+
+    torch.manual_seed(0)
+    apg = APGConfig(rank=2, generator_l2=0.3, condition=ConditionMode.SELF)
+    model = build_model("dnn", layout=LAYOUT, config=ModelConfig(embedding_dim=3, hidden=(5, 4),
+                                                                  tower_layer=TowerLayer.APG, apg=apg))
+    cat = torch.stack([torch.randint(0, n, (8,)) for n in LAYOUT.cat_sizes], dim=1)
+    batch = Batch(cat=cat, num=torch.zeros(8, 0), seq=(), label=torch.randint(0, 2, (8,)).float())
+    layers = [m for m in model.modules() if isinstance(m, APGLinear)]
+    by_hand = sum(0.3 * float(m.generator.net.out.weight.square().sum()) for m in layers)
+    bce = F.binary_cross_entropy_with_logits(model(batch), batch.label)
+    assert float(training_loss(model, batch)) == pytest.approx(float(bce) + by_hand, rel=1e-6)
+    with collect_penalties() as terms:
+        model(batch)
+    assert list(terms) == ["apg_generator_l2"] and float(terms["apg_generator_l2"]) == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(ConfigError, match="generator_l2 must be >= 0"):
+        APGConfig(generator_l2=-1.0)
+
+
 def test_default_p_follows_k():
     """overparam_dim=0 (the default) means P = 8 K, so changing only K keeps P >> K."""
     assert APGConfig().P == 32 and APGConfig(rank=16).P == 128 and APGConfig(rank=16, overparam_dim=20).P == 20

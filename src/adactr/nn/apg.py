@@ -87,6 +87,7 @@ from adactr.data.schema import FieldLayout
 from adactr.data.tensors import Batch
 from adactr.errors import AdactrError, ConfigError
 from adactr.nn.mlp import MLP, WideOutputLinear
+from adactr.nn.penalty import add_penalty, penalties_active
 
 
 class APGVersion(str, Enum):
@@ -149,6 +150,11 @@ class APGConfig:
     # LoRA zeroes one factor), so a fresh APG model computes its Base model's function and the
     # instance-adaptive correction grows only as far as training finds it useful
     correction_starts_at_zero: bool = False
+    # not in the paper: rate of an L2 penalty on G's output weights, the instance-varying part of every
+    # generated matrix (its bias, the shared part, is not penalised), added to the training loss as
+    # rate x ||W_G||^2 per APG layer; it shrinks the adaptation toward the shared parameters where the data
+    # does not pay for it. 0 = off
+    generator_l2: float = 0.0
     # normalise z before G, so that the generated part is not starved by a small-scale condition (embeddings
     # have rms 1e-4 at init): with "none" a fresh layer's S_i varied by 0.6-0.9 % across instances
     condition_norm: ConditionNorm = ConditionNorm.LAYER
@@ -175,6 +181,8 @@ class APGConfig:
         if not _values(self.overparam_dim) or min(_values(self.overparam_dim)) < 0:
             raise ConfigError(f"apg.overparam_dim (P) must be >= 1 (or 0 for 8 x rank), got "
                               f"{_show(self.overparam_dim)}")
+        if self.generator_l2 < 0:
+            raise ConfigError(f"apg.generator_l2 must be >= 0, got {self.generator_l2}")
         if any(h < 1 for h in self.generator_hidden):
             raise ConfigError(f"apg.generator_hidden sizes must be >= 1, got {list(self.generator_hidden)}")
 
@@ -470,6 +478,8 @@ class APGLinear(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         gen = self.generated(x, cond, source)  # {name: (B, *shape)}
+        if self.config.generator_l2 > 0 and isinstance(self.generator, ParameterGenerator) and penalties_active():
+            add_penalty("apg_generator_l2", self.config.generator_l2 * self.generator.net.out.weight.square().sum())
         v = self.version
         if v is APGVersion.V1:
             W = gen["W"]  # (B, N, M)
