@@ -363,6 +363,17 @@ def test_generator_l2_adds_its_rate_times_the_varying_weights_squared_to_the_los
         APGConfig(generator_l2=-1.0)
 
 
+def test_w0_init_linear_starts_w0_as_nn_linear_does():
+    torch.manual_seed(5)
+    lecun = APGLinear(300, 200, config=APGConfig(), cond_dim=0).W0
+    linear = APGLinear(300, 200, config=APGConfig(w0_init="linear"), cond_dim=0).W0
+    assert float(lecun.std()) == pytest.approx(1 / 300 ** 0.5, rel=0.02)
+    assert float(linear.std()) == pytest.approx(1 / (3 * 300) ** 0.5, rel=0.02)
+    assert float(linear.abs().max()) <= 1 / 300 ** 0.5  # uniform on ±1/sqrt(M)
+    with pytest.raises(ConfigError, match="apg.w0_init must be lecun or linear"):
+        APGConfig(w0_init="xavier")
+
+
 def test_default_p_follows_k():
     """overparam_dim=0 (the default) means P = 8 K, so changing only K keeps P >> K."""
     assert APGConfig().P == 32 and APGConfig(rank=16).P == 128 and APGConfig(rank=16, overparam_dim=20).P == 20

@@ -152,6 +152,10 @@ class APGConfig:
     # moved self-wise from -0.0027 to -0.0019 below Base and group-wise from -0.0012 to -0.0010 (3 seeds,
     # within about a std), and left the click world level (seed 1) (docs/apg.md)
     correction_starts_at_zero: bool = False
+    # W_0's initialisation: "lecun" (normal, std 1/sqrt(M): the rank-K term's scale) or "linear" (nn.Linear's
+    # uniform, std 1/sqrt(3 M), what Base's static layers start from); a probe of why the static ablation
+    # scores below Base on Frappe_x1 (docs/apg.md)
+    w0_init: str = "lecun"
     # not in the paper: rate of an L2 penalty on G's output weights, the instance-varying part of every
     # generated matrix (its bias, the shared part, is not penalised), added to the training loss as
     # rate x ||W_G||^2 per APG layer; it shrinks the adaptation toward the shared parameters where the data
@@ -185,6 +189,8 @@ class APGConfig:
         if not _values(self.overparam_dim) or min(_values(self.overparam_dim)) < 0:
             raise ConfigError(f"apg.overparam_dim (P) must be >= 1 (or 0 for 8 x rank), got "
                               f"{_show(self.overparam_dim)}")
+        if self.w0_init not in ("lecun", "linear"):
+            raise ConfigError(f"apg.w0_init must be lecun or linear, got {self.w0_init!r}")
         if self.generator_l2 < 0:
             raise ConfigError(f"apg.generator_l2 must be >= 0, got {self.generator_l2}")
         if any(h < 1 for h in self.generator_hidden):
@@ -414,6 +420,9 @@ class APGLinear(nn.Module):
             self.V_r = nn.Parameter(torch.randn(P, M) / math.sqrt(M))  # V^r (P, M)
         # W_0 (N, M): the static full-rank path, LeCun like a static layer
         self.W0 = nn.Parameter(torch.randn(N, M) / math.sqrt(M)) if config.static_weight else None
+        if self.W0 is not None and config.w0_init == "linear":
+            with torch.no_grad():  # nn.Linear's own initialisation of its weight
+                nn.init.kaiming_uniform_(self.W0, a=math.sqrt(5))
         self.bias = None if config.generate_bias else nn.Parameter(torch.zeros(N))  # static b (N,)
 
     def extra_repr(self) -> str:
