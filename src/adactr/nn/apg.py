@@ -154,7 +154,7 @@ class APGConfig:
     correction_starts_at_zero: bool = False
     # W_0's initialisation: "lecun" (normal, std 1/sqrt(M): the rank-K term's scale) or "linear" (nn.Linear's
     # uniform, std 1/sqrt(3 M), what Base's static layers start from); a probe of why the static ablation
-    # scores below Base on Frappe_x1 (docs/apg.md)
+    # scores below Base on Frappe_x1: "linear" made it worse (0.9811 against 0.9826, 3 seeds; docs/apg.md)
     w0_init: str = "lecun"
     # not in the paper: rate of an L2 penalty on G's output weights, the instance-varying part of every
     # generated matrix (its bias, the shared part, is not penalised), added to the training loss as
