@@ -94,14 +94,17 @@ def overrides_of(variant: str, sets: list[str], apg_sets: list[str]) -> list[str
     return [*sets, *(ADACTR_SETS + apg_sets if variant == "adactr" else [])]
 
 
-def _one(data: Path, variant: str, overrides: list[str], seed: int) -> dict:
-    cfg = override(RunConfig(), parse_sets([*overrides, f"train.seed={seed}", "train.progress=false"]))
+def _config(overrides: list[str], seed: int) -> RunConfig:
+    return override(RunConfig(), parse_sets([*overrides, f"train.seed={seed}", "train.progress=false"]))
+
+
+def _one(data: Path, variant: str, cfg: RunConfig) -> dict:
     tc = cfg.train
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
     schema = Schema.load(data / "schema.json")
-    seed_everything(seed)
+    seed_everything(tc.seed)
     layer = {"reference": ReferenceAPG}.get(variant)
     model = build_model("deepfm", layout=schema.layout(), config=cfg.model,
                         **({"layer": layer} if layer is not None else {}))
@@ -114,7 +117,7 @@ def _one(data: Path, variant: str, overrides: list[str], seed: int) -> dict:
             model, train, valid)
         wall = time.perf_counter() - t0
     eb = tc.eval_batch_size
-    return {"variant": variant, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
+    return {"variant": variant, "seed": tc.seed, "params": sum(p.numel() for p in model.parameters()),
             "test": evaluate_split(model, test, batch_size=eb, domain_names=schema.domain_names),
             "valid_auc": fit.best_auc, "epochs": fit.epochs, "seconds": round(wall, 1),
             "adaptivity": measure_adaptivity(model, valid.batches(eb))}
@@ -137,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             key = hashlib.sha1(json.dumps([str(args.data.resolve()), variant, overrides, seed])
                                .encode()).hexdigest()[:16]
             hit = args.cache / f"{variant}-{key}.json" if args.cache else None
-            resolved = to_dict(override(RunConfig(), parse_sets([*overrides, f"train.seed={seed}",
-                                                                 "train.progress=false"])))
+            cfg = _config(overrides, seed)
+            resolved = to_dict(cfg)
             r = read_cached(hit, resolved)
             if r is None:
-                r = _one(args.data, variant, overrides, seed)
+                r = _one(args.data, variant, cfg)
                 write_cached(hit, r, resolved)
             rows.setdefault(variant, []).append(r)
             ad = {p: {k: round(v["adaptivity"], 3) for k, v in t.items()} for p, t in r["adaptivity"].items()}

@@ -577,13 +577,16 @@ class APGMixOutput(nn.Module):
 
     def generated(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
         """Each branch's generated matrices, named ``"<branch>.<name>"``."""
-        cond = self._check(cond)
-        return {f"{j}.{n}": t for j, b in enumerate(self.branches) for n, t in b.generated(x, cond[:, j]).items()}
+        return self._per_branch("generated", x, cond)
 
     def diagnosed(self, x: Tensor, cond: Tensor | None = None) -> dict[str, Tensor]:
         """Each branch's :meth:`APGLinear.diagnosed` tensors, named ``"<branch>.<name>"``."""
+        return self._per_branch("diagnosed", x, cond)
+
+    def _per_branch(self, method: str, x: Tensor, cond: Tensor | None) -> dict[str, Tensor]:
         cond = self._check(cond)
-        return {f"{j}.{n}": t for j, b in enumerate(self.branches) for n, t in b.diagnosed(x, cond[:, j]).items()}
+        return {f"{j}.{n}": t for j, b in enumerate(self.branches)
+                for n, t in getattr(b, method)(x, cond[:, j]).items()}
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         cond = self._check(cond)
