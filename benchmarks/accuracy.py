@@ -41,16 +41,20 @@ def read_cached(hit: Path | None, config: dict) -> dict | None:
     The cache key is the overrides, not the code, so a changed default would silently reuse runs trained
     with the old one. Each entry therefore stores its resolved configuration (``config``: every setting,
     defaults included); an entry whose stored configuration differs from ``config`` is moved to ``stale/``
-    beside it, reported on stderr, and the run is trained again. Entries written before configurations were
-    stored carry none and are trusted.
+    beside it, reported on stderr, and the run is trained again. A setting added to the library after the
+    entry was stored is not a difference: a new option's default must keep the behaviour the library had
+    without it (the rule every option added so far follows), so the entry was trained under that default.
+    Entries written before configurations were stored carry none and are trusted.
     """
     if hit is None or not hit.exists():
         return None
     r = json.loads(hit.read_text())
     stored = r.get("config")
-    if stored is None or stored == config:
+    if stored is None:
         return r
     changed = sorted(_diff_keys(stored, config))
+    if not changed:
+        return r
     stale = hit.parent / "stale" / hit.name
     stale.parent.mkdir(parents=True, exist_ok=True)
     hit.replace(stale)
@@ -60,10 +64,15 @@ def read_cached(hit: Path | None, config: dict) -> dict | None:
     return None
 
 
+_ABSENT = object()
+
+
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The settings of stored configuration ``a`` that ``b`` drops or sets otherwise (keys ``b`` adds are
+    options added since ``a`` was stored: not a difference, see :func:`read_cached`)."""
     out = []
-    for k in sorted(set(a) | set(b)):
-        x, y = a.get(k), b.get(k)
+    for k in sorted(a):
+        x, y = a[k], b.get(k, _ABSENT)
         if isinstance(x, dict) and isinstance(y, dict):
             out += _diff_keys(x, y, f"{prefix}{k}.")
         elif x != y:

@@ -39,6 +39,13 @@ def test_parallel_grid_equals_serial_and_the_cache_is_reused(world_data, tmp_pat
     assert [r["test"]["auc"] for r in third["apg"]["wdl"]] == [r["test"]["auc"] for r in serial["apg"]["wdl"]]
     assert json.loads((tmp_path / "cache" / "stale" / files[0].name).read_text())["test"]["auc"] == 0.123
     assert json.loads(files[0].read_text())["config"]["model"]["embedding_dim"] == 4
+    # a setting added to the library after an entry was stored is not a change: the entry is reused
+    rec = json.loads(files[1].read_text())
+    rec["test"]["auc"] = 0.456
+    del rec["config"]["model"]["embedding_dim"]  # as if the option had not existed when it was trained
+    files[1].write_text(json.dumps(rec))
+    fourth = run_grid(world_data, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
+    assert 0.456 in [r["test"]["auc"] for v in fourth.values() for r in v["wdl"]]
 
 
 def test_apg_table2_prints_base_and_each_variant(world_data, tmp_path, capsys):
