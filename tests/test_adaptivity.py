@@ -70,6 +70,25 @@ def test_measure_by_hand() -> None:
     assert two["part"]["g"]["adaptivity"] == pytest.approx(1 / math.sqrt(2))
 
 
+def test_a_large_batch_is_measured_in_row_chunks_with_the_same_result(monkeypatch) -> None:
+    """v3's W_i is (B, N, M): the diagnostic asks each part for at most DIAGNOSTIC_ROWS rows at a time, with
+    the rows' own domains, and the moments come out as from one call."""
+    import adactr.nn.adaptivity as ad
+
+    model = ToyModel()
+    asked: list[int] = []
+    real = model.part.generated
+    model.part.generated = lambda x, cond=None: (asked.append(x.shape[0]), real(x, cond))[1]  # type: ignore[method-assign]
+    g = torch.Generator().manual_seed(0)
+    batch = _batch(torch.randn(600, generator=g).tolist(), torch.randint(0, 3, (600,), generator=g).tolist())
+    chunked = measure_adaptivity(model, [batch])
+    assert asked == [256, 256, 88]
+    monkeypatch.setattr(ad, "DIAGNOSTIC_ROWS", 10_000)
+    whole = measure_adaptivity(model, [batch])
+    assert asked[3:] == [600]
+    assert chunked["part"]["g"] == {k: pytest.approx(v, rel=1e-12) for k, v in whole["part"]["g"].items()}
+
+
 def test_models_without_adaptive_parts_report_nothing() -> None:
     model = build_model("deepfm", layout=LAYOUT, config=ModelConfig(embedding_dim=3, hidden=(4,)))
     assert adaptive_parts(model) == {} and measure_adaptivity(model, []) == {}

@@ -27,7 +27,10 @@ part is larger than the shared one (a generated tensor whose mean is near zero).
 
 Only the outermost adaptive parts are measured (APG's mix-wise output layer reports its branches' tensors
 itself). Accumulation is in float64, streaming: sums per element and per domain, so the whole validation
-split can be measured in batches.
+split can be measured in batches. A part whose inputs are all tensors (or None) is asked for its tensors
+``DIAGNOSTIC_ROWS`` rows at a time, so a part that reports a full per-instance matrix (APG v1-v3's ``W_i``,
+``(B, N, M)``; v3 never builds it in its forward) holds at most that many at once; parts conditioned on
+domain groups are asked a batch at a time (what they report is small).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class Pruning(Protocol):
 
     def pruning_factors(self) -> tuple[str, ...]:
         ...
+
+
+DIAGNOSTIC_ROWS = 256  # rows per ``generated``/``diagnosed`` call: 256 × 400 × 400 float32 = 164 MB
 
 
 class _Moments:
@@ -133,6 +139,18 @@ def adaptive_parts(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def _row_chunks(args: tuple, domain: Tensor | None) -> Iterable[tuple[tuple, Tensor | None]]:
+    """``(args, domain)`` cut into ``DIAGNOSTIC_ROWS``-row pieces when every argument is a tensor (or None);
+    whole otherwise (a :class:`DomainGroups` condition is not cut)."""
+    if not all(a is None or isinstance(a, Tensor) for a in args):
+        yield args, domain
+        return
+    rows = next(a.shape[0] for a in args if a is not None)
+    for s in range(0, rows, DIAGNOSTIC_ROWS):
+        yield (tuple(None if a is None else a[s:s + DIAGNOSTIC_ROWS] for a in args),
+               None if domain is None else domain[s:s + DIAGNOSTIC_ROWS])
+
+
 @torch.no_grad()
 def measure_adaptivity(model: nn.Module, batches: Iterable[Batch], *, max_rows: int | None = None
                        ) -> dict[str, dict[str, dict[str, float]]]:
@@ -152,8 +170,9 @@ def measure_adaptivity(model: nn.Module, batches: Iterable[Batch], *, max_rows: 
             pruning = module.pruning_factors() if isinstance(module, Pruning) else ()
             # ``diagnosed``, where a part has it, adds what the instance gets to what it generates (APG: W_i)
             report = getattr(module, "diagnosed", module.generated)
-            for key, g in report(*args).items():  # type: ignore[operator]
-                moments[name].setdefault(key, _Moments(pruning=key in pruning)).add(g, domain[0])
+            for part_args, d in _row_chunks(args, domain[0]):
+                for key, g in report(*part_args).items():  # type: ignore[operator]
+                    moments[name].setdefault(key, _Moments(pruning=key in pruning)).add(g, d)
         return hook
 
     was_training = model.training
