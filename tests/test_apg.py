@@ -361,6 +361,8 @@ def test_generator_l2_adds_its_rate_times_the_varying_weights_squared_to_the_los
     assert list(terms) == ["apg_generator_l2"] and float(terms["apg_generator_l2"]) == pytest.approx(by_hand, rel=1e-6)
     with pytest.raises(ConfigError, match="generator_l2 must be >= 0"):
         APGConfig(generator_l2=-1.0)
+    with pytest.raises(ConfigError, match="generator_l2 penalises the generator's instance-varying part"):
+        APGConfig(generator_l2=0.1, adaptive=False).check()  # the static ablation has no generator
 
 
 def test_w0_init_linear_starts_w0_as_nn_linear_does():

@@ -246,6 +246,9 @@ class APGConfig:
         if self.correction_starts_at_zero and not self.static_weight:
             raise ConfigError("apg.correction_starts_at_zero needs apg.static_weight=true: without W_0 a layer whose "
                               "adaptive term is 0 outputs its bias alone")
+        if self.generator_l2 > 0 and not self.adaptive:
+            raise ConfigError("apg.generator_l2 penalises the generator's instance-varying part, which "
+                              "apg.adaptive=false does not have; set one of them")
         if self.condition in (ConditionMode.GROUP, ConditionMode.SELF) and \
                 self.aggregation is not Aggregation.CONCAT:
             raise ConfigError(f"apg.aggregation={self.aggregation.value} applies to mix_input / mix_output "
