@@ -35,6 +35,17 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def paired_delta(a: list[float], b: list[float]) -> str:
+    """``a - b`` seed by seed (both lists in the same seed order): the mean difference, the standard
+    deviation of the per-seed differences, and how many seeds have ``a >= b``. Runs with the same seed share
+    their data order and part of their initialisation, so the per-seed difference is less noisy than the
+    two columns' own spreads suggest (or more, when it is not)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    if len(d) == 1:
+        return f"{d[0]:+.4f}"
+    return f"{statistics.mean(d):+.4f} ± {statistics.stdev(d):.4f} ({sum(x >= 0 for x in d)}/{len(d)})"
+
+
 def read_cached(hit: Path | None, config: dict) -> dict | None:
     """The run cached at ``hit``, or None when there is none or it is stale.
 

@@ -8,7 +8,8 @@
 
 Base and +APG differ only by ``model.tower_layer=apg`` plus the --apg-set overrides and the variant's
 own overrides (space-separated); the backbone, its hyper-parameters, data and seeds are the same. Δ is
-the difference of the mean test AUCs; "±" is the standard deviation over seeds. AutoInt's deep layers
+the mean of the per-seed differences (+APG - Base, same seed) ± their standard deviation, and (k/n) the
+seeds where +APG is at or above Base; elsewhere "±" is the standard deviation over seeds. AutoInt's deep layers
 are its AutoInt+ tower (plain AutoInt has none). --cache keeps finished runs, so a stopped table resumes.
 """
 
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import mean_std, run_grid  # noqa: E402
+from accuracy import mean_std, paired_delta, run_grid  # noqa: E402
 
 
 def layer_adaptivity(runs: list[dict]) -> str:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [mean_std(b)]
         for n in names:
             a = auc(res[n][m])
-            cells += [mean_std(a), f"{statistics.mean(a) - statistics.mean(b):+.4f}"]
+            cells += [mean_std(a), paired_delta(a, b)]
         print(f"| {m} | " + " | ".join(cells) + " |")
     print("\nTest LogLoss")
     print("| backbone | Base | " + " | ".join(f"+APG {n}" for n in names) + " |")

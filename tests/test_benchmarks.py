@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import apg_cost  # noqa: E402
 import apg_table2  # noqa: E402
-from accuracy import run_grid  # noqa: E402
+from accuracy import paired_delta, run_grid  # noqa: E402
 
 TINY = ["train.epochs=1", "model.hidden=[8]", "model.embedding_dim=4", "train.batch_size=512"]
 
@@ -46,6 +46,14 @@ def test_parallel_grid_equals_serial_and_the_cache_is_reused(world_data, tmp_pat
     files[1].write_text(json.dumps(rec))
     fourth = run_grid(world_data, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
     assert 0.456 in [r["test"]["auc"] for v in fourth.values() for r in v["wdl"]]
+
+
+def test_paired_delta_is_the_per_seed_difference() -> None:
+    # differences 0.002, -0.001, 0.002: mean 0.001, std sqrt(((1)^2 + (-2)^2 + 1^2) / 2) * 0.001 = sqrt(3) e-3
+    assert paired_delta([0.982, 0.980, 0.985], [0.980, 0.981, 0.983]) == "+0.0010 ± 0.0017 (2/3)"
+    assert paired_delta([0.5], [0.6]) == "-0.1000"
+    with pytest.raises(ValueError):
+        paired_delta([0.5, 0.6], [0.5])  # seeds must pair up
 
 
 def test_apg_table2_prints_base_and_each_variant(world_data, tmp_path, capsys):
