@@ -39,8 +39,10 @@ def paired_delta(a: list[float], b: list[float]) -> str:
     """``a - b`` seed by seed (both lists in the same seed order): the mean difference, the standard
     deviation of the per-seed differences, and how many seeds have ``a >= b``. Runs with the same seed share
     their data order and part of their initialisation, so the per-seed difference is less noisy than the
-    two columns' own spreads suggest (or more, when it is not)."""
+    two columns' own spreads suggest (or more, when it is not). "-" when a run lacks the metric (NaN)."""
     d = [x - y for x, y in zip(a, b, strict=True)]
+    if any(x != x for x in d):  # a run without the metric (NaN)
+        return "-"
     if len(d) == 1:
         return f"{d[0]:+.4f}"
     return f"{statistics.mean(d):+.4f} ± {statistics.stdev(d):.4f} ({sum(x >= 0 for x in d)}/{len(d)})"

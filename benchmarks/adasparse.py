@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import mean_std, one_thread_each, run_tasks  # noqa: E402
+from accuracy import mean_std, one_thread_each, paired_delta, run_tasks  # noqa: E402
 
 COMMON = ["model.hidden=[128,64,32]", "model.dropout=0.2", "model.batch_norm=true", "train.embedding_l2=0.01"]
 BACKBONES = ["dnn", "dcnv2"]
@@ -165,9 +165,28 @@ def table1(args: argparse.Namespace) -> None:
         paper = PAPER_PUBLIC.get((b, v))
         extra = [f"{paper[1]:.4f}", f"{paper[2]:.4f}"] if paper else ["-", "-"]
         print(_row(label.replace("+base", ""), res[label], extra))
-    bins(args.data, res, [label for label, _, _ in rows], base_of=lambda lab: lab.split("+")[0] + "+base"
-         if "+" in lab else f"{backbones[0]}+base")
+    base_of = lambda lab: lab.split("+")[0] + "+base" if "+" in lab else f"{backbones[0]}+base"  # noqa: E731
+    paired(res, [label for label, _, _ in rows], base_of)
+    bins(args.data, res, [label for label, _, _ in rows], base_of=base_of)
     _dump(args, res)
+
+
+def paired(res: dict[str, list[dict]], labels: list[str], base_of) -> None:
+    """Each row against its base seed by seed: mean ± std of the per-seed differences, (k/n) seeds at or
+    above the base (runs with one seed share their data order with the base's)."""
+    if len(next(iter(res.values()))) < 2:
+        return
+    print("\nAgainst the base, seed by seed (mean ± std of the per-seed differences; seeds at or above it)")
+    print("| model | Δ AUC | Δ GAUC |")
+    print("|---|---|---|")
+    for label in labels:
+        base = base_of(label)
+        if label == base or base not in res:
+            continue
+        a, b = res[label], res[base]
+        print(f"| {label} (vs {base.replace('+base', '')}) | "
+              f"{paired_delta([r['test']['auc'] for r in a], [r['test']['auc'] for r in b])} | "
+              f"{paired_delta([_gauc(r) for r in a], [_gauc(r) for r in b])} |")
 
 
 def domain_bins(data: Path, n_bins: int = 5) -> dict[str, int]:

@@ -165,6 +165,22 @@ def test_adasparse_a_failed_run_is_reported_with_its_row_and_the_others_finish(w
     assert len(list((tmp_path / "cache").glob("dnn-*.json"))) == 1
 
 
+def test_adasparse_rows_are_compared_with_their_base_seed_by_seed(capsys):
+    import adasparse
+
+    def run(auc: float, gauc: float) -> dict:
+        return {"test": {"auc": auc, "domain_auc_mean": gauc}}
+
+    res = {"dnn+base": [run(0.80, 0.70), run(0.81, 0.70)], "dnn+apg": [run(0.81, 0.80), run(0.80, 0.70)],
+           "mmoe": [run(0.83, 0.70), run(0.84, float("nan"))]}
+    adasparse.paired(res, list(res), lambda lab: lab.split("+")[0] + "+base" if "+" in lab else "dnn+base")
+    out = capsys.readouterr().out
+    # apg - dnn: AUC +0.01, -0.01 (mean 0, std 0.0141, 1 of 2 at or above); GAUC +0.1, 0
+    assert "| dnn+apg (vs dnn) | +0.0000 ± 0.0141 (1/2) | +0.0500 ± 0.0707 (2/2) |" in out
+    assert "| mmoe (vs dnn) | +0.0300 ± 0.0000 (2/2) | - |" in out  # a run without GAUC: no difference
+    assert "| dnn+base" not in out
+
+
 def test_adasparse_domain_bins_are_equal_shares_of_train_rows(world_data):
     import adasparse
 
