@@ -154,7 +154,10 @@ class APGConfig:
     correction_starts_at_zero: bool = False
     # W_0's initialisation: "lecun" (normal, std 1/sqrt(M): the rank-K term's scale) or "linear" (nn.Linear's
     # uniform, std 1/sqrt(3 M), what Base's static layers start from); a probe of why the static ablation
-    # scores below Base on Frappe_x1: "linear" made it worse (0.9811 against 0.9826, 3 seeds; docs/apg.md)
+    # scores below Base on Frappe_x1: "linear" alone made it worse (0.9811 against 0.9826, 3 seeds), with
+    # correction_starts_at_zero (the layer starts as Base's) it is level with Base within noise (0.9834
+    # against 0.9843 ± 0.0008) while adaptive APG started so stays at 0.9824 (docs/apg.md). Default kept:
+    # the adaptive layer scores the same with either start
     w0_init: str = "lecun"
     # not in the paper: rate of an L2 penalty on G's output weights, the instance-varying part of every
     # generated matrix (its bias, the shared part, is not penalised), added to the training loss as
