@@ -173,7 +173,7 @@ def table1(args: argparse.Namespace) -> None:
 
 def paired(res: dict[str, list[dict]], labels: list[str], base_of) -> None:
     """Each row against its base seed by seed: mean ± std of the per-seed differences, (k/n) seeds at or
-    above the base (runs with one seed share their data order with the base's)."""
+    above the base (a run shares its data order with the base's run of the same seed)."""
     if len(next(iter(res.values()))) < 2:
         return
     print("\nAgainst the base, seed by seed (mean ± std of the per-seed differences; seeds at or above it)")

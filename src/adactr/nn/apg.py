@@ -497,7 +497,7 @@ class APGLinear(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None, source: Tensor | None = None) -> Tensor:
         gen = self.generated(x, cond, source)  # {name: (B, *shape)}
-        if self.config.generator_l2 > 0 and isinstance(self.generator, ParameterGenerator) and penalties_active():
+        if self.config.generator_l2 > 0 and penalties_active():  # check(): only with a ParameterGenerator
             add_penalty("apg_generator_l2", self.config.generator_l2 * self.generator.net.out.weight.square().sum())
         v = self.version
         if v is APGVersion.V1:
