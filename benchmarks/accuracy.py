@@ -118,9 +118,21 @@ def _commit() -> str | None:
     return head + ("+" if dirty else "")
 
 
+def data_fingerprint(data: Path) -> str:
+    """What identifies a prepared dataset in a cache key: its schema (fields, kinds, vocabulary sizes) and
+    rows per split, not where it lies, so a cache committed from one checkout is reused by another (the
+    tables take longer than a session, and a session may start on a fresh machine). A directory without
+    a schema.json (not a prepared one) is keyed by its resolved path."""
+    schema, meta = data / "schema.json", data / "meta.json"
+    if not schema.exists():
+        return str(data.resolve())
+    rows = json.loads(meta.read_text()).get("rows") if meta.exists() else None
+    return "schema:" + hashlib.sha1((schema.read_text() + json.dumps(rows, sort_keys=True)).encode()).hexdigest()
+
+
 def _train_one(data: str, model: str, sets: list[str], cache: str | None) -> dict:
     """One full training run (in a worker process when jobs > 1); its metrics.json without the history."""
-    key = hashlib.sha1(json.dumps([str(Path(data).resolve()), model, sets]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([data_fingerprint(Path(data)), model, sets]).encode()).hexdigest()[:16]
     hit = Path(cache) / f"{model}-{key}.json" if cache else None
     cfg = override(RunConfig(), parse_sets([*sets, "train.progress=false"]))
     resolved = to_dict(cfg)

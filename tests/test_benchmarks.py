@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import apg_cost  # noqa: E402
 import apg_table2  # noqa: E402
-from accuracy import paired_delta, run_grid  # noqa: E402
+from accuracy import data_fingerprint, paired_delta, run_grid  # noqa: E402
 
 TINY = ["train.epochs=1", "model.hidden=[8]", "model.embedding_dim=4", "train.batch_size=512"]
 
@@ -46,6 +47,31 @@ def test_parallel_grid_equals_serial_and_the_cache_is_reused(world_data, tmp_pat
     files[1].write_text(json.dumps(rec))
     fourth = run_grid(world_data, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
     assert 0.456 in [r["test"]["auc"] for v in fourth.values() for r in v["wdl"]]
+    # the same prepared data at another path (another checkout) reads the same entries
+    moved = tmp_path / "elsewhere" / "world"
+    shutil.copytree(world_data, moved)
+    fifth = run_grid(moved, ["wdl"], [1, 2], TINY, jobs=2, cache=tmp_path / "cache", **kw)
+    assert 0.456 in [r["test"]["auc"] for v in fifth.values() for r in v["wdl"]]
+
+
+def test_data_fingerprint_is_the_schema_and_rows_not_the_path(world_data, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(world_data, copy)
+    assert data_fingerprint(copy) == data_fingerprint(world_data)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["seconds"], meta["sources"] = 99.0, {"train": "/somewhere/else.csv"}  # provenance only: same data
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert data_fingerprint(copy) == data_fingerprint(world_data)
+    meta["rows"]["train"] += 1
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert data_fingerprint(copy) != data_fingerprint(world_data)
+    meta["rows"]["train"] -= 1
+    (copy / "meta.json").write_text(json.dumps(meta))
+    schema = json.loads((copy / "schema.json").read_text())
+    schema["fields"][0]["vocab_size"] += 1
+    (copy / "schema.json").write_text(json.dumps(schema))
+    assert data_fingerprint(copy) != data_fingerprint(world_data)
+    assert data_fingerprint(tmp_path) == str(tmp_path.resolve())  # not a prepared directory
 
 
 def test_paired_delta_is_the_per_seed_difference() -> None:
